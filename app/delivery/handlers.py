@@ -1,0 +1,131 @@
+"""How each kind of delivery is performed. One function per kind; each returns an outcome word.
+
+A handler raises ``UpstreamError`` when the upstream call fails; the worker decides what then.
+Reads and writes of the id map happen in short transactions of their own, never around an
+upstream call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app import idmap
+from app.caterings.client import CateringsClient
+from app.delivery import plan
+from app.models import Delivery
+from app.upstream import UpstreamError
+from app.usercom.client import UserComClient
+
+Handler = Callable[["HandlerContext", Delivery], Awaitable[str]]
+
+
+@dataclass
+class HandlerContext:
+    sessions: async_sessionmaker[AsyncSession]
+    usercom: UserComClient
+    caterings: CateringsClient | None = None
+    # Called after a delivery of a given kind is done, inside its own transaction.
+    on_done: dict[str, Callable[[AsyncSession, Delivery], Awaitable[None]]] = field(default_factory=dict)
+
+
+async def upsert_user(ctx: HandlerContext, delivery: Delivery) -> str:
+    body: dict[str, Any] = delivery.payload["body"]
+    custom_id = str(body["custom_id"])
+    sent_hash = idmap.payload_hash(body)
+    async with ctx.sessions() as session:
+        entry = await idmap.get(session, idmap.USER, custom_id)
+        if entry is not None and entry.payload_hash == sent_hash:
+            return "skipped_unchanged"
+    answer = await ctx.usercom.update_or_create_user(body)
+    async with ctx.sessions.begin() as session:
+        await idmap.remember(
+            session, idmap.USER, custom_id, usercom_id=_int_or_none(answer.get("id")), sent_hash=sent_hash,
+            email=body.get("email"),
+        )
+    return "sent"
+
+
+async def delete_user(ctx: HandlerContext, delivery: Delivery) -> str:
+    custom_id = str(delivery.payload["custom_id"])
+    deleted = await ctx.usercom.delete_user(custom_id)
+    async with ctx.sessions.begin() as session:
+        await idmap.forget(session, idmap.USER, custom_id)
+    return "sent" if deleted else "already_absent"
+
+
+async def upsert_product(ctx: HandlerContext, delivery: Delivery) -> str:
+    custom_id = str(delivery.payload["custom_id"])
+    body: dict[str, Any] = delivery.payload["body"]
+    sent_hash = idmap.payload_hash(body)
+    async with ctx.sessions() as session:
+        entry = await idmap.get(session, idmap.PRODUCT, custom_id)
+        known_id = entry.usercom_id if entry else None
+        if entry is not None and entry.payload_hash == sent_hash:
+            return "skipped_unchanged"
+    answer = None
+    if known_id is not None:
+        answer = await ctx.usercom.update_product(known_id, _without_custom_id(body))
+    if answer is None:
+        # Not mapped yet, or deleted in User.com since: look it up by custom id before creating,
+        # so a lost id map never makes a duplicate product.
+        existing = await ctx.usercom.find_product(custom_id)
+        if existing is not None:
+            answer = await ctx.usercom.update_product(int(existing["id"]), _without_custom_id(body))
+        if answer is None:
+            answer = await ctx.usercom.create_product({**body, "custom_id": custom_id})
+    async with ctx.sessions.begin() as session:
+        await idmap.remember(
+            session, idmap.PRODUCT, custom_id, usercom_id=_int_or_none(answer.get("id")), sent_hash=sent_hash,
+            active=body.get("active"),
+        )
+    return "sent"
+
+
+async def send_product_event(ctx: HandlerContext, delivery: Delivery) -> str:
+    product_custom_id = str(delivery.payload["product_custom_id"])
+    body: dict[str, Any] = delivery.payload["body"]
+    if await ctx.usercom.product_event(product_custom_id, body) is not None:
+        return "sent"
+    # 404: User.com does not know the product (a diet-simple not yet in the feed) - or the user.
+    if await ctx.usercom.find_product(product_custom_id) is not None:
+        raise UpstreamError("usercom", 404, f"user {body.get('user_custom_id')} unknown to User.com for product event")
+    create = delivery.payload.get("create_if_missing") or {"custom_id": product_custom_id, "name": product_custom_id}
+    created = await ctx.usercom.create_product(create)
+    async with ctx.sessions.begin() as session:
+        await idmap.remember(
+            session, idmap.PRODUCT, product_custom_id, usercom_id=_int_or_none(created.get("id")), sent_hash=None
+        )
+    if await ctx.usercom.product_event(product_custom_id, body) is None:
+        raise UpstreamError("usercom", 404, f"product {product_custom_id} still unknown after creating it")
+    return "sent_after_create"
+
+
+async def update_consent(ctx: HandlerContext, delivery: Delivery) -> str:
+    if ctx.caterings is None:
+        raise UpstreamError("caterings", None, "no Caterings API configured")
+    await ctx.caterings.set_marketing_consent(str(delivery.payload["user_id"]), bool(delivery.payload["marketing"]))
+    return "sent"
+
+
+HANDLERS: dict[str, Handler] = {
+    plan.USER_UPSERT: upsert_user,
+    plan.USER_DELETE: delete_user,
+    plan.PRODUCT_UPSERT: upsert_product,
+    plan.PRODUCT_EVENT: send_product_event,
+    plan.CONSENT_UPDATE: update_consent,
+}
+
+
+def _without_custom_id(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k != "custom_id"}
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,79 @@
+"""Everything a running bridge holds: settings, database, upstream clients, the worker.
+
+Built once per process by ``build_services`` and closed by ``Services.close``. The web app
+keeps it on ``app.state.services``; the ``worker`` command uses it without the web app.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.caterings import client as caterings_client
+from app.db import create_engine, create_session_factory
+from app.delivery.handlers import HandlerContext
+from app.delivery.worker import SettleHook, Worker, retry_policy_from
+from app.ops.metrics import Metrics
+from app.ratelimit import AdaptiveRateLimiter
+from app.settings import Settings
+from app.usercom import client as usercom_client
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    usercom: usercom_client.UserComClient
+    caterings: caterings_client.CateringsClient
+    metrics: Metrics
+    worker: Worker
+    _http: list[httpx.AsyncClient]
+
+    def wake_worker(self) -> None:
+        self.worker.wake()
+
+    async def close(self) -> None:
+        for http in self._http:
+            await http.aclose()
+        await self.engine.dispose()
+
+
+# Hooks other features register to run when a delivery of their kind settles (done or dead).
+SETTLE_HOOKS: dict[str, SettleHook] = {}
+
+
+def build_services(settings: Settings) -> Services:
+    metrics = Metrics()
+    engine = create_engine(settings.database_url)
+    sessions = create_session_factory(engine)
+    share = settings.sender_processes  # each sending process takes its share of the limits
+    usercom_http = usercom_client.build_http(
+        settings.usercom_api_url, settings.usercom_api_key.get_secret_value(), settings.usercom_timeout_seconds
+    )
+    caterings_http = caterings_client.build_http(
+        settings.caterings_api_url, settings.caterings_api_token.get_secret_value(), settings.caterings_brand_id,
+        settings.caterings_timeout_seconds,
+    )
+    usercom = usercom_client.UserComClient(
+        usercom_http, AdaptiveRateLimiter(settings.usercom_rate_limit / share), metrics.observe_upstream
+    )
+    caterings = caterings_client.CateringsClient(
+        caterings_http, AdaptiveRateLimiter(settings.caterings_rate_limit / share), metrics.observe_upstream
+    )
+    worker = Worker(
+        HandlerContext(sessions=sessions, usercom=usercom, caterings=caterings),
+        policy=retry_policy_from(settings),
+        concurrency=settings.worker_concurrency,
+        batch_size=settings.worker_batch_size,
+        poll_seconds=settings.worker_poll_seconds,
+        lease_seconds=settings.lease_seconds,
+        settle_hooks=SETTLE_HOOKS,
+        observer=metrics.observe_delivery,
+    )
+    return Services(
+        settings=settings, engine=engine, sessions=sessions, usercom=usercom, caterings=caterings,
+        metrics=metrics, worker=worker, _http=[usercom_http, caterings_http],
+    )

@@ -1,0 +1,108 @@
+"""The one typed settings object. Nothing else in the project reads ``os.environ``.
+
+Values come from the environment, then from ``.env``. Secrets are ``SecretStr`` so they never
+print in a repr, a log line or a traceback.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class MissingSettingError(RuntimeError):
+    """A required setting is missing or invalid; the message names it (never its value)."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # --- store
+    database_url: str = "sqlite+aiosqlite:///./data/bridge.db"
+
+    # --- User.com
+    usercom_api_url: str = Field(min_length=1)
+    usercom_api_key: SecretStr
+    usercom_rate_limit: float = Field(default=10.0, gt=0)
+    usercom_timeout_seconds: float = Field(default=15.0, gt=0)
+
+    # --- Caterings
+    caterings_api_url: str = Field(min_length=1)
+    caterings_api_token: SecretStr
+    caterings_brand_id: str | None = None
+    caterings_rate_limit: float = Field(default=5.0, gt=0)
+    caterings_timeout_seconds: float = Field(default=15.0, gt=0)
+    caterings_webhook_secret: SecretStr
+    caterings_feed_url: str | None = None
+    feed_sync_interval_seconds: float = Field(default=0, ge=0)  # 0 = only on demand
+
+    # --- inbound
+    consent_callback_token: SecretStr
+    admin_token: SecretStr
+    max_body_bytes: int = Field(default=1_048_576, gt=0)
+    bridge_timezone: str = "Europe/Warsaw"
+
+    # --- delivery engine
+    worker_in_process: bool = True  # the web process also drains the outbox
+    worker_concurrency: int = Field(default=8, ge=1)
+    worker_batch_size: int = Field(default=50, ge=1)
+    worker_poll_seconds: float = Field(default=0.5, gt=0)
+    lease_seconds: float = Field(default=60.0, gt=0)
+    # Each sending process takes 1/N of the User.com and Caterings limits (see README, scale-out).
+    sender_processes: int = Field(default=1, ge=1)
+    retry_base_seconds: float = Field(default=1.0, gt=0)
+    retry_cap_seconds: float = Field(default=600.0, gt=0)
+    retry_max_attempts: int = Field(default=30, ge=1)
+    retry_min_age_hours: float = Field(default=24.0, ge=0)
+    retention_days: int = Field(default=30, ge=1)
+
+    # --- logs
+    log_level: str = "INFO"
+    log_format: str = "auto"  # auto | json | console
+
+    @field_validator("bridge_timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        ZoneInfo(value)  # raises for an unknown zone
+        return value
+
+    @field_validator("caterings_webhook_secret")
+    @classmethod
+    def _secrets_look_right(cls, value: SecretStr) -> SecretStr:
+        secrets = [s.strip() for s in value.get_secret_value().split(",") if s.strip()]
+        if not secrets:
+            raise ValueError("at least one whsec_ secret is needed")
+        return value
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.bridge_timezone)
+
+    @property
+    def webhook_secrets(self) -> list[str]:
+        return [s.strip() for s in self.caterings_webhook_secret.get_secret_value().split(",") if s.strip()]
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings, turning pydantic's error into one that names each bad setting."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = str(error["loc"][0]).upper() if error["loc"] else "?"
+            reason = "is required but not set" if error["type"] == "missing" else error["msg"]
+            problems.append(f"{name} {reason}")
+        raise MissingSettingError("invalid configuration: " + "; ".join(problems)) from None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,61 @@
+"""Alembic environment: async engines, the URL from the bridge's settings or the caller."""
+
+from __future__ import annotations
+
+import asyncio
+
+from alembic import context
+from sqlalchemy.engine import Connection
+
+from app.db import create_engine
+from app.models import Base
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def _database_url() -> str:
+    url = config.attributes.get("database_url")
+    if url:
+        return str(url)
+    # Only the database is needed to migrate; don't demand the API secrets for that.
+    return _url_from_env()
+
+
+def _url_from_env() -> str:
+    from pydantic_settings import BaseSettings, SettingsConfigDict
+
+    class _DatabaseOnly(BaseSettings):
+        model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+        database_url: str = "sqlite+aiosqlite:///./data/bridge.db"
+
+    return _DatabaseOnly().database_url
+
+
+def _run(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        render_as_batch=connection.dialect.name == "sqlite",
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def _run_async() -> None:
+    engine = create_engine(_database_url())
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(_run)
+            await connection.commit()
+    finally:
+        await engine.dispose()
+
+
+if context.is_offline_mode():
+    context.configure(url=_database_url(), target_metadata=target_metadata, literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+else:
+    asyncio.run(_run_async())
