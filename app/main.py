@@ -14,6 +14,7 @@ from tenacity import retry, stop_after_delay, wait_exponential
 from app.caterings.webhooks import router as caterings_router
 from app.logs import configure_logging
 from app.migrate import upgrade_to_head_async
+from app.ops.deliveries import router as deliveries_router
 from app.ops.health import router as health_router
 from app.services import Services, build_services
 from app.settings import Settings, get_settings
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Caterings ↔ User.com bridge", version="0.1.0", lifespan=lifespan)
     app.include_router(health_router)
     app.include_router(caterings_router)
+    app.include_router(deliveries_router)
     return app
 
 

@@ -103,6 +103,16 @@ def load_settings(**overrides: object) -> Settings:
         raise MissingSettingError("invalid configuration: " + "; ".join(problems)) from None
 
 
+class _DatabaseOnly(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    database_url: str = Settings.model_fields["database_url"].default
+
+
+def database_url_from_env() -> str:
+    """Only the database setting, for commands (migrate) that must not demand the API secrets."""
+    return _DatabaseOnly().database_url
+
+
 @lru_cache
 def get_settings() -> Settings:
     return load_settings()

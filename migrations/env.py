@@ -18,18 +18,9 @@ def _database_url() -> str:
     url = config.attributes.get("database_url")
     if url:
         return str(url)
-    # Only the database is needed to migrate; don't demand the API secrets for that.
-    return _url_from_env()
+    from app.settings import database_url_from_env
 
-
-def _url_from_env() -> str:
-    from pydantic_settings import BaseSettings, SettingsConfigDict
-
-    class _DatabaseOnly(BaseSettings):
-        model_config = SettingsConfigDict(env_file=".env", extra="ignore")
-        database_url: str = "sqlite+aiosqlite:///./data/bridge.db"
-
-    return _DatabaseOnly().database_url
+    return database_url_from_env()
 
 
 def _run(connection: Connection) -> None:
