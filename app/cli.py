@@ -80,6 +80,14 @@ def fake_usercom(
     uvicorn.run(create_app(api_key=api_key, rate_limit=rate_limit or None), host=host, port=port, log_level="warning")
 
 
+@cli.command()
+def demo(keep: bool = typer.Option(False, help="keep the servers running until Enter")) -> None:
+    """Run the bridge on SQLite against local fake servers, on the sample data, and show the result."""
+    from app.demo import run_demo
+
+    raise typer.Exit(run_demo(keep=keep))
+
+
 def main() -> None:
     cli()
 

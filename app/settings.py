@@ -66,15 +66,26 @@ class Settings(BaseSettings):
     @field_validator("bridge_timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:
-        ZoneInfo(value)  # raises for an unknown zone
+        try:
+            ZoneInfo(value)
+        except (ValueError, KeyError):  # ZoneInfoNotFoundError is a KeyError
+            raise ValueError(f"unknown time zone {value!r}") from None
         return value
 
     @field_validator("caterings_webhook_secret")
     @classmethod
     def _secrets_look_right(cls, value: SecretStr) -> SecretStr:
+        from standardwebhooks.webhooks import Webhook
+
         secrets = [s.strip() for s in value.get_secret_value().split(",") if s.strip()]
         if not secrets:
             raise ValueError("at least one whsec_ secret is needed")
+        for position, secret in enumerate(secrets, start=1):
+            try:
+                Webhook(secret)
+            except Exception:
+                # Never echo the secret itself: say which one is wrong.
+                raise ValueError(f"secret number {position} is not a valid whsec_<base64> secret") from None
         return value
 
     @property
