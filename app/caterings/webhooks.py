@@ -26,7 +26,7 @@ router = APIRouter(tags=["inbound"])
 
 
 def _unprocessable(message: str) -> HTTPException:
-    return HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, message)
+    return HTTPException(422, message)
 
 
 @router.post("/webhooks/caterings", status_code=202)
