@@ -10,7 +10,7 @@ async def read_limited_body(request: Request, limit: int) -> bytes:
     if declared is not None:
         try:
             if int(declared) > limit:
-                raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"body larger than {limit} bytes")
+                raise HTTPException(413, f"body larger than {limit} bytes")
         except ValueError:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, "invalid Content-Length") from None
     chunks: list[bytes] = []
@@ -18,6 +18,6 @@ async def read_limited_body(request: Request, limit: int) -> bytes:
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"body larger than {limit} bytes")
+            raise HTTPException(413, f"body larger than {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
