@@ -136,8 +136,11 @@ def test_sigkill_during_outage_loses_nothing_and_fires_nothing_twice(
     assert not p.drained(bridge.url)
     bridge.kill()
 
+    restarted = bridge_factory(port=port)  # still during the outage
+    seen = p.fake_state(fake_usercom.url)["request_count"]
+    p.wait_until(lambda: p.fake_state(fake_usercom.url)["request_count"] > seen, what="retries after restart")
+    assert not p.drained(restarted.url)
     p.fake_config(fake_usercom.url, down=False)
-    restarted = bridge_factory(port=port)
     p.wait_until(lambda: p.drained(restarted.url), timeout=60, what="outbox drained after restart")
     state = p.fake_state(fake_usercom.url)
     kinds = Counter((e["product_custom_id"], e["event_type"]) for e in state["product_events"])
