@@ -14,10 +14,12 @@ from tenacity import retry, stop_after_delay, wait_exponential
 from app.caterings.webhooks import router as caterings_router
 from app.logs import configure_logging
 from app.migrate import upgrade_to_head_async
+from app.ops.consents import router as consents_router
 from app.ops.deliveries import router as deliveries_router
 from app.ops.health import router as health_router
 from app.services import Services, build_services
 from app.settings import Settings, get_settings
+from app.usercom.consent import router as consent_router
 
 log = structlog.get_logger("app.main")
 
@@ -68,6 +70,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health_router)
     app.include_router(caterings_router)
     app.include_router(deliveries_router)
+    app.include_router(consent_router)
+    app.include_router(consents_router)
     return app
 
 

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app import consents
 from app.caterings import client as caterings_client
 from app.db import create_engine, create_session_factory
 from app.delivery.handlers import HandlerContext
+from app.delivery.plan import CONSENT_UPDATE
 from app.delivery.worker import SettleHook, Worker, retry_policy_from
 from app.ops.metrics import Metrics
 from app.ratelimit import AdaptiveRateLimiter
@@ -43,6 +45,7 @@ class Services:
 
 # Hooks other features register to run when a delivery of their kind settles (done or dead).
 SETTLE_HOOKS: dict[str, SettleHook] = {}
+SETTLE_HOOKS[CONSENT_UPDATE] = consents.on_consent_delivery_settled  # the consent log follows its delivery
 
 
 def build_services(settings: Settings) -> Services:

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from app import consents
 from app.caterings import schemas, signature
 from app.delivery import repository
 from app.deps import ServicesDep
@@ -61,7 +62,7 @@ async def receive_caterings_webhook(request: Request, services: ServicesDep) -> 
 
         planned = plan_caterings_event(event, tz=settings.tz) if event is not None else []
         inbound_status = "accepted" if event is not None else "ignored"
-        inbound_id = await _store(services, webhook_id, event_type, inbound_status, document, planned)
+        inbound_id = await _store(services, webhook_id, event_type, inbound_status, document, planned, event)
         if inbound_id is None:
             outcome = "duplicate"
             return JSONResponse({"id": webhook_id, "status": "duplicate"}, status_code=200)
@@ -81,7 +82,8 @@ async def receive_caterings_webhook(request: Request, services: ServicesDep) -> 
 
 
 async def _store(services: ServicesDep, webhook_id: str, event_type: str, inbound_status: str,
-                 document: Any, planned: list) -> int | None:  # type: ignore[type-arg]
+                 document: Any, planned: list, event: schemas.CateringsEvent | None = None  # type: ignore[type-arg]
+                 ) -> int | None:
     """Inbound record and its deliveries in one transaction. None when the id was seen before."""
     try:
         async with services.sessions.begin() as session:
@@ -96,6 +98,7 @@ async def _store(services: ServicesDep, webhook_id: str, event_type: str, inboun
             session.add(inbound)
             await session.flush()
             await repository.enqueue(session, planned, inbound_id=inbound.id)
+            await consents.note_caterings_event(session, event)  # consent state and e-mail, same transaction
             return inbound.id
     except IntegrityError:
         return None  # the same webhook-id raced in on another connection and won

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app import idmap
+from app import consents, idmap
 from app.caterings.client import CateringsClient
 from app.delivery import plan
 from app.models import Delivery
@@ -35,8 +35,13 @@ class HandlerContext:
 async def upsert_user(ctx: HandlerContext, delivery: Delivery) -> str:
     body: dict[str, Any] = delivery.payload["body"]
     custom_id = str(body["custom_id"])
-    sent_hash = idmap.payload_hash(body)
     async with ctx.sessions() as session:
+        # Never put back a marketing consent the bridge already knows to be outdated (docs/consent.md).
+        if "agreement_marketing" in body and not await consents.outgoing_marketing(
+            session, custom_id, body["agreement_marketing"]
+        ):
+            body = {k: v for k, v in body.items() if k != "agreement_marketing"}
+        sent_hash = idmap.payload_hash(body)
         entry = await idmap.get(session, idmap.USER, custom_id)
         if entry is not None and entry.payload_hash == sent_hash:
             return "skipped_unchanged"
@@ -107,7 +112,11 @@ async def send_product_event(ctx: HandlerContext, delivery: Delivery) -> str:
 async def update_consent(ctx: HandlerContext, delivery: Delivery) -> str:
     if ctx.caterings is None:
         raise UpstreamError("caterings", None, "no Caterings API configured")
-    await ctx.caterings.set_marketing_consent(str(delivery.payload["user_id"]), bool(delivery.payload["marketing"]))
+    user_id, marketing = str(delivery.payload["user_id"]), bool(delivery.payload["marketing"])
+    async with ctx.sessions() as session:
+        if await consents.superseded(session, user_id, marketing):
+            return consents.SUPERSEDED  # a newer consent is known: sending this one would undo it
+    await ctx.caterings.set_marketing_consent(user_id, marketing)
     return "sent"
 
 
