@@ -88,6 +88,11 @@ def demo(keep: bool = typer.Option(False, help="keep the servers running until E
     raise typer.Exit(run_demo(keep=keep))
 
 
+from app.sync.cli import register as _register_sync_commands  # noqa: E402
+
+_register_sync_commands(cli)  # sync full|status|feed, import-orders
+
+
 def main() -> None:
     cli()
 

@@ -19,6 +19,8 @@ from app.ops.deliveries import router as deliveries_router
 from app.ops.health import router as health_router
 from app.services import Services, build_services
 from app.settings import Settings, get_settings
+from app.sync.router import router as sync_router
+from app.sync.router import sync_background
 from app.usercom.consent import router as consent_router
 
 log = structlog.get_logger("app.main")
@@ -63,13 +65,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.services = services
             log.info("bridge started", database=resolved.database_url.split("://")[0],
                      worker_in_process=resolved.worker_in_process)
-            yield
+            async with sync_background(services) as app.state.sync:
+                yield
         log.info("bridge stopped")
 
     app = FastAPI(title="Caterings ↔ User.com bridge", version="0.1.0", lifespan=lifespan)
     app.include_router(health_router)
     app.include_router(caterings_router)
     app.include_router(deliveries_router)
+    app.include_router(sync_router)
     app.include_router(consent_router)
     app.include_router(consents_router)
     return app

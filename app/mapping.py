@@ -125,7 +125,8 @@ def variant_product_body(order: Order, item: OrderItem, *, active: bool, tz: Zon
     if days:
         body["order_delivery_time_beginning"] = local_midnight_utc_iso(days[0], tz)
         body["order_delivery_time_end"] = local_midnight_utc_iso(days[-1], tz)
-        body["order_delivery_time_days_total"] = len(days)
+        total = max(len(days), item.delivery_days_total or 0)  # the export may list first/last only
+        body["order_delivery_time_days_total"] = total
     body["purchase_id"] = order.id
     body["user_id"] = order.user.id
     if order.user.email:

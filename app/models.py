@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -162,6 +163,13 @@ class SyncJob(Base):
     """A full sync: where it is, so a restart resumes from the page it stopped at."""
 
     __tablename__ = "sync_jobs"
+    __table_args__ = (
+        # At most one running job of a kind, enforced by the database across processes.
+        Index(
+            "ux_sync_jobs_one_running", "kind", unique=True,
+            sqlite_where=text("state = 'running'"), postgresql_where=text("state = 'running'"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     kind: Mapped[str] = mapped_column(String(16), default="full")
@@ -177,3 +185,20 @@ class SyncJob(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     owner: Mapped[str | None] = mapped_column(String(64))
     last_error: Mapped[str | None] = mapped_column(Text)
+    # Deliveries the job put in the outbox (in a dry run: would have put).
+    deliveries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class FeedProduct(Base):
+    """A diet-simple seen in the product feed. Tells feed products apart from diet-variants in
+    ``id_map`` (whose ``payload_hash`` is what User.com last confirmed), so one that vanishes
+    from the feed can be set inactive."""
+
+    __tablename__ = "feed_products"
+
+    custom_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    in_feed: Mapped[bool] = mapped_column(Boolean, default=True)
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    vanished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    queued_hash: Mapped[str | None] = mapped_column(String(64))  # body last put in the outbox

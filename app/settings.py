@@ -39,6 +39,13 @@ class Settings(BaseSettings):
     caterings_feed_url: str | None = None
     feed_sync_interval_seconds: float = Field(default=0, ge=0)  # 0 = only on demand
 
+    # --- full sync (docs/sync.md)
+    sync_page_size: int = Field(default=100, ge=1, le=500)
+    sync_heartbeat_seconds: float = Field(default=5.0, gt=0)
+    sync_stale_seconds: float = Field(default=30.0, gt=0)  # a job silent this long is taken over
+    # Pause paging while the outbox holds more open deliveries than this (0: 30 s of User.com calls).
+    sync_outbox_high_water: int = Field(default=0, ge=0)
+
     # --- inbound
     consent_callback_token: SecretStr
     admin_token: SecretStr
@@ -117,11 +124,21 @@ def load_settings(**overrides: object) -> Settings:
 class _DatabaseOnly(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
     database_url: str = Settings.model_fields["database_url"].default
+    bridge_timezone: str = Settings.model_fields["bridge_timezone"].default
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.bridge_timezone)
 
 
 def database_url_from_env() -> str:
     """Only the database setting, for commands (migrate) that must not demand the API secrets."""
     return _DatabaseOnly().database_url
+
+
+def store_settings_from_env() -> _DatabaseOnly:
+    """The database and time-zone settings, for commands (import-orders) that only write the store."""
+    return _DatabaseOnly()
 
 
 @lru_cache

@@ -129,6 +129,15 @@ def _empty_if_none(value: Any) -> Any:
     return [] if value is None else value
 
 
+def _positive_int_or_none(value: Any) -> int | None:
+    """Lenient: a count that is not a whole number >= 1 counts as not given."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number >= 1 else None
+
+
 class OrderItem(_Lenient):
     diet_id: Id
     variant_id: Id
@@ -141,6 +150,8 @@ class OrderItem(_Lenient):
     trial: Annotated[bool, BeforeValidator(_false_if_none)] = False
     price: Money = None
     delivery_dates: Annotated[list[date], BeforeValidator(_empty_if_none)] = Field(default_factory=list)
+    # The real number of delivery days when only the first and last are listed (orders export, §5.4).
+    delivery_days_total: Annotated[int | None, BeforeValidator(_positive_int_or_none)] = None
 
 
 class Order(_Lenient):

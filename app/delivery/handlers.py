@@ -96,17 +96,29 @@ async def send_product_event(ctx: HandlerContext, delivery: Delivery) -> str:
     if await ctx.usercom.product_event(product_custom_id, body) is not None:
         return "sent"
     # 404: User.com does not know the product (a diet-simple not yet in the feed) - or the user.
+    outcome = "sent_after_create"
     if await ctx.usercom.find_product(product_custom_id) is not None:
-        raise UpstreamError("usercom", 404, f"user {body.get('user_custom_id')} unknown to User.com for product event")
-    create = delivery.payload.get("create_if_missing") or {"custom_id": product_custom_id, "name": product_custom_id}
-    created = await ctx.usercom.create_product(create)
-    async with ctx.sessions.begin() as session:
-        await idmap.remember(
-            session, idmap.PRODUCT, product_custom_id, usercom_id=_int_or_none(created.get("id")), sent_hash=None
-        )
+        # Either the user is unknown, or another delivery created the product since our event
+        # (many orders of a new diet-simple at once, as in a full sync): one more try tells.
+        outcome = "sent_on_second_try"
+    else:
+        create = delivery.payload.get("create_if_missing") or {"custom_id": product_custom_id, "name": product_custom_id}
+        try:
+            created: dict[str, Any] | None = await ctx.usercom.create_product(create)
+        except UpstreamError as error:
+            # "already exists": another delivery created it between our look and our create.
+            if error.status != 400 or await ctx.usercom.find_product(product_custom_id) is None:
+                raise
+            created = None
+        if created is not None:
+            async with ctx.sessions.begin() as session:
+                await idmap.remember(
+                    session, idmap.PRODUCT, product_custom_id, usercom_id=_int_or_none(created.get("id")),
+                    sent_hash=None,
+                )
     if await ctx.usercom.product_event(product_custom_id, body) is None:
-        raise UpstreamError("usercom", 404, f"product {product_custom_id} still unknown after creating it")
-    return "sent_after_create"
+        raise UpstreamError("usercom", 404, f"user {body.get('user_custom_id')} unknown to User.com for product event")
+    return outcome
 
 
 async def update_consent(ctx: HandlerContext, delivery: Delivery) -> str:

@@ -29,7 +29,8 @@ Control endpoints (no auth; not covered by the injected faults)
 ---------------------------------------------------------------
 * ``GET /_fake/health``: ``200`` while the fake serves (a readiness probe for test harnesses).
 * ``GET /_fake/state``: agreements received (in arrival order), request counts per route and per
-  status, how many users/orders were generated, the fault settings.
+  status, how many users/orders were generated, the listing pages served in order (``pages``:
+  ``"users:1"``, ...), the fault settings.
 * ``POST /_fake/config``: any of the fault settings of ``app.fakes.faults`` (``down``,
   ``status_sequence``, ``delay_seconds``, ``error_rate``, ``storm_seconds``, ``retry_after``, ...)
   and ``rate_limit`` (requests per second; ``null`` turns it off; over it: ``429`` with
@@ -368,6 +369,7 @@ class FakeCaterings:
         self.requests: Counter[str] = Counter()
         self.statuses: Counter[str] = Counter()
         self.generated: Counter[str] = Counter()
+        self.pages: list[str] = []  # listing pages served, in order: "users:1", "orders:3", ...
         self.feed = feed
         self.faults.reset()
         self.set_rate_limit(rate_limit)
@@ -413,6 +415,7 @@ class FakeCaterings:
         return entry
 
     def user_page(self, page: int, per_page: int) -> dict[str, Any]:
+        self.pages.append(f"users:{page}")
         explicit = list(self.explicit_users.values())
         total = len(explicit) + self.users_total
 
@@ -433,6 +436,7 @@ class FakeCaterings:
         return {**user, "agreements": dict(user["agreements"])}
 
     def order_page(self, page: int, per_page: int) -> dict[str, Any]:
+        self.pages.append(f"orders:{page}")
         users = self.users_total or len(SAMPLE_USERS)
 
         def order_at(index: int) -> dict[str, Any]:
@@ -449,6 +453,7 @@ class FakeCaterings:
             "requests": dict(self.requests),
             "statuses": dict(self.statuses),
             "generated": {"users": self.generated["users"], "orders": self.generated["orders"]},
+            "pages": list(self.pages),
             "users_total": len(self.explicit_users) + self.users_total,
             "orders_total": self.orders_total,
             "config": {**self.faults.as_dict(), "rate_limit": self.rate_limit},
