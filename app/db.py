@@ -18,7 +18,15 @@ def _ensure_sqlite_folder(url: str) -> None:
 def create_engine(url: str) -> AsyncEngine:
     if url.startswith("sqlite"):
         _ensure_sqlite_folder(url)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        # The pool's usual reset (a rollback whenever a connection is returned) costs aiosqlite a
+        # round trip to its thread even after a commit, when there is nothing to roll back:
+        # one in five of a delivery's trips (bench/, docs/benchmarks.md). Roll back only then.
+        engine = create_async_engine(url, connect_args={"timeout": 30}, pool_reset_on_return=None)
+
+        @event.listens_for(engine.sync_engine, "reset")
+        def _rollback_if_in_transaction(dbapi_connection, _record, reset_state):  # type: ignore[no-untyped-def]
+            if reset_state.asyncio_safe and dbapi_connection.driver_connection.in_transaction:
+                dbapi_connection.rollback()
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
