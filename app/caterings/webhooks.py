@@ -10,7 +10,8 @@ import structlog
 from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from app import consents
@@ -87,18 +88,23 @@ async def _store(services: ServicesDep, webhook_id: str, event_type: str, inboun
     """Inbound record and its deliveries in one transaction. None when the id was seen before."""
     try:
         async with services.sessions.begin() as session:
-            seen = await session.scalar(
-                select(InboundEvent.id).where(InboundEvent.source == SOURCE, InboundEvent.external_id == webhook_id)
+            # One statement both records the webhook and tells a redelivery apart (no row comes
+            # back when the id is already there): each statement costs a round trip.
+            on_postgresql = session.bind is not None and session.bind.dialect.name == "postgresql"
+            insert = pg_insert if on_postgresql else sqlite_insert
+            inbound_id = await session.scalar(
+                insert(InboundEvent)
+                .values(
+                    source=SOURCE, external_id=webhook_id, event_type=event_type[:64], status=inbound_status,
+                    body=document,
+                )
+                .on_conflict_do_nothing()
+                .returning(InboundEvent.id)
             )
-            if seen is not None:
+            if inbound_id is None:
                 return None
-            inbound = InboundEvent(
-                source=SOURCE, external_id=webhook_id, event_type=event_type[:64], status=inbound_status, body=document
-            )
-            session.add(inbound)
-            await session.flush()
-            await repository.enqueue(session, planned, inbound_id=inbound.id)
+            await repository.enqueue(session, planned, inbound_id=inbound_id)
             await consents.note_caterings_event(session, event)  # consent state and e-mail, same transaction
-            return inbound.id
+            return int(inbound_id)
     except IntegrityError:
         return None  # the same webhook-id raced in on another connection and won
