@@ -24,8 +24,8 @@ def create_engine(url: str) -> AsyncEngine:
         engine = create_async_engine(url, connect_args={"timeout": 30}, pool_reset_on_return=None)
 
         @event.listens_for(engine.sync_engine, "reset")
-        def _rollback_if_in_transaction(dbapi_connection, _record, reset_state):  # type: ignore[no-untyped-def]
-            if reset_state.asyncio_safe and dbapi_connection.driver_connection.in_transaction:
+        def _rollback_if_in_transaction(dbapi_connection, _record, state):  # type: ignore[no-untyped-def]
+            if state.asyncio_safe and dbapi_connection.driver_connection.in_transaction:
                 dbapi_connection.rollback()
 
         @event.listens_for(engine.sync_engine, "connect")

@@ -25,21 +25,39 @@ TARGET_P99_MS_SQLITE = 25.0
 
 def loadgen(url: str, *, size: dict[str, Any], run_id: str, server_pid: int | None = None) -> dict[str, Any]:
     """Warm-up, then the fixed rate, then flat out, from one load-generator process."""
-    args = [sys.executable, "-m", "bench.loadgen", "--url", url, "--run-id", run_id,
-            "--warmup", str(size["accept_warmup"]),
-            "--rate", str(FIXED_RATE), "--rate-count", str(size["accept_rate_count"]),
-            "--concurrency", str(size["accept_concurrency"]), "--closed-count", str(size["accept_flat_count"])]
+    args = [
+        sys.executable,
+        "-m",
+        "bench.loadgen",
+        "--url",
+        url,
+        "--run-id",
+        run_id,
+        "--warmup",
+        str(size["accept_warmup"]),
+        "--rate",
+        str(FIXED_RATE),
+        "--rate-count",
+        str(size["accept_rate_count"]),
+        "--concurrency",
+        str(size["accept_concurrency"]),
+        "--closed-count",
+        str(size["accept_flat_count"]),
+    ]
     if server_pid:
         args += ["--server-pid", str(server_pid)]
-    done = subprocess.run(args, cwd=common.PROJECT_ROOT, capture_output=True, text=True, timeout=1800, check=False)
+    done = subprocess.run(
+        args, cwd=common.PROJECT_ROOT, capture_output=True, text=True, timeout=1800, check=False
+    )
     if done.returncode != 0:
         raise RuntimeError(f"load generator failed ({done.returncode}): {done.stderr[-2000:]}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return {"rate_200": result["rate"], "flat_out": result["closed"]}
+    return {"rate_200": result.get("rate"), "flat_out": result.get("closed")}
 
 
-def run(run_dir: RunDir, databases: Databases, size: dict[str, Any], backends: list[str],
-        skipped: dict[str, str]) -> dict[str, Any]:
+def run(
+    run_dir: RunDir, databases: Databases, size: dict[str, Any], backends: list[str], skipped: dict[str, str]
+) -> dict[str, Any]:
     results: dict[str, Any] = {}
     usercom = common.fake_usercom(run_dir, "accept-fake-usercom")
     try:
@@ -59,7 +77,9 @@ def run(run_dir: RunDir, databases: Databases, size: dict[str, Any], backends: l
             with common.running(bridge):
                 assert bridge.process is not None
                 common.progress(f"accept/{backend}: load on the bridge")
-                entry["bridge"] = loadgen(bridge.url, size=size, run_id=run_id + "b", server_pid=bridge.process.pid)
+                entry["bridge"] = loadgen(
+                    bridge.url, size=size, run_id=run_id + "b", server_pid=bridge.process.pid
+                )
                 common.progress(f"accept/{backend}: stopping the bridge")
             url = databases.new(backend, "accept-bare")
             common.progress(f"accept/{backend}: starting the bare app")
@@ -73,12 +93,17 @@ def run(run_dir: RunDir, databases: Databases, size: dict[str, Any], backends: l
             entry["ratio_flat_out"] = round(bridge_flat / bare_flat, 3) if bare_flat else None
             entry["targets"] = {
                 "flat_out_ratio_min": TARGET_RATIO,
-                "flat_out_ratio_met": entry["ratio_flat_out"] is not None and entry["ratio_flat_out"] >= TARGET_RATIO,
+                "flat_out_ratio_met": entry["ratio_flat_out"] is not None
+                and entry["ratio_flat_out"] >= TARGET_RATIO,
             }
             if backend == "sqlite":
                 p99 = entry["bridge"]["rate_200"]["p99_ms"]
-                entry["targets"].update({"rate_200_p99_ms_max": TARGET_P99_MS_SQLITE,
-                                         "rate_200_p99_met": p99 < TARGET_P99_MS_SQLITE})
+                entry["targets"].update(
+                    {
+                        "rate_200_p99_ms_max": TARGET_P99_MS_SQLITE,
+                        "rate_200_p99_met": p99 < TARGET_P99_MS_SQLITE,
+                    }
+                )
             results[backend] = entry
     finally:
         usercom.terminate()

@@ -66,8 +66,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--database-url", required=True)
     args = parser.parse_args(argv)
     # As ``bridge serve`` runs uvicorn (log_config=None: the app's logging, none here).
-    uvicorn.run(create_app(args.database_url), host=args.host, port=args.port, log_config=None,
-                timeout_graceful_shutdown=30)
+    uvicorn.run(
+        create_app(args.database_url),
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        timeout_graceful_shutdown=30,
+    )
 
 
 if __name__ == "__main__":

@@ -98,7 +98,7 @@ class RssSampler:
                 self.peak_kib = max(self.peak_kib, rss_kib(self.pid))
             await asyncio.sleep(self.interval)
 
-    def start(self) -> "RssSampler":
+    def start(self) -> RssSampler:
         self.peak_kib = rss_kib(self.pid)
         self._task = asyncio.get_running_loop().create_task(self._run())
         return self
@@ -118,7 +118,7 @@ class RunDir:
     path: Path
 
     @classmethod
-    def create(cls) -> "RunDir":
+    def create(cls) -> RunDir:
         path = RESULTS_DIR / "runs" / time.strftime("%Y%m%d-%H%M%S")
         path.mkdir(parents=True, exist_ok=True)
         return cls(path)
@@ -140,8 +140,18 @@ def start_all(*servers: stack.ServerProcess, timeout: float = 60) -> None:
 
 def fake_usercom(run: RunDir, name: str, rate_limit: float | None = None) -> stack.ServerProcess:
     port = stack.free_port()
-    args = ["-m", "app.fakes.usercom", "--host", "127.0.0.1", "--port", str(port), "--api-key", stack.USERCOM_KEY,
-            "--log-level", "warning"]
+    args = [
+        "-m",
+        "app.fakes.usercom",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--api-key",
+        stack.USERCOM_KEY,
+        "--log-level",
+        "warning",
+    ]
     if rate_limit:
         args += ["--rate-limit", str(rate_limit)]
     return stack.ServerProcess(name, args, port, "/_fake/health", log_path=run.log(name))
@@ -155,8 +165,9 @@ def fake_caterings(run: RunDir, users: int, orders: int) -> stack.ServerProcess:
     return stack.fake_caterings(users=users, orders=orders, log_path=run.log("fake-caterings"))
 
 
-def bridge_env(database_url: str, usercom_url: str, caterings_url: str = "http://127.0.0.1:9",
-               **overrides: str) -> dict[str, str]:
+def bridge_env(
+    database_url: str, usercom_url: str, caterings_url: str = "http://127.0.0.1:9", **overrides: str
+) -> dict[str, str]:
     env = stack.bridge_env(database_url, usercom_url, caterings_url)
     for name in _TEST_ONLY_SETTINGS:
         env.pop(name, None)
@@ -174,7 +185,16 @@ def start_bridge(run: RunDir, name: str, env: dict[str, str]) -> stack.ServerPro
 
 def start_bare(run: RunDir, name: str, database_url: str) -> stack.ServerProcess:
     port = stack.free_port()
-    args = ["-m", "bench.bare_app", "--host", "127.0.0.1", "--port", str(port), "--database-url", database_url]
+    args = [
+        "-m",
+        "bench.bare_app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--database-url",
+        database_url,
+    ]
     return stack.ServerProcess(name, args, port, "/health", log_path=run.log(name)).start(timeout=60)
 
 
@@ -208,21 +228,36 @@ async def done_deliveries(database_url: str) -> dict[str, Any]:
     engine = create_engine(database_url)
     try:
         async with engine.connect() as connection:
-            first, last, count = (await connection.execute(
-                select(func.min(Delivery.done_at), func.max(Delivery.done_at), func.count())
-                .where(Delivery.state == "done")
-            )).one()
-            outcomes = dict((await connection.execute(
-                select(Delivery.outcome, func.count()).where(Delivery.state == "done").group_by(Delivery.outcome)
-            )).all())
-            by_kind = dict((await connection.execute(
-                select(Delivery.kind, func.count()).group_by(Delivery.kind)
-            )).all())
+            first, last, count = (
+                await connection.execute(
+                    select(func.min(Delivery.done_at), func.max(Delivery.done_at), func.count()).where(
+                        Delivery.state == "done"
+                    )
+                )
+            ).one()
+            outcomes = dict(
+                (
+                    await connection.execute(
+                        select(Delivery.outcome, func.count())
+                        .where(Delivery.state == "done")
+                        .group_by(Delivery.outcome)
+                    )
+                ).all()
+            )
+            by_kind = dict(
+                (await connection.execute(select(Delivery.kind, func.count()).group_by(Delivery.kind))).all()
+            )
     finally:
         await engine.dispose()
     span = (last - first).total_seconds() if first is not None and last is not None else 0.0
-    return {"count": int(count), "span_s": span, "first": first, "last": last, "outcomes": outcomes,
-            "by_kind": by_kind}
+    return {
+        "count": int(count),
+        "span_s": span,
+        "first": first,
+        "last": last,
+        "outcomes": outcomes,
+        "by_kind": by_kind,
+    }
 
 
 # --- databases -------------------------------------------------------------------------------
@@ -251,7 +286,7 @@ def postgres_reachable() -> tuple[bool, str]:
     try:
         asyncio.run(_pg_execute(postgres_admin_url(), "SELECT 1"))
         return True, ""
-    except Exception as exc:  # any failure to connect means: skip the PostgreSQL part
+    except Exception as exc:  # noqa: BLE001 - any failure to connect means: skip the PostgreSQL part
         return False, f"{type(exc).__name__}: {exc}"
 
 
@@ -277,5 +312,7 @@ class Databases:
     def drop_all(self) -> None:
         for database in self._created_pg:
             with contextlib.suppress(Exception):
-                asyncio.run(_pg_execute(postgres_admin_url(), f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+                asyncio.run(
+                    _pg_execute(postgres_admin_url(), f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+                )
         self._created_pg.clear()

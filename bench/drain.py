@@ -32,12 +32,19 @@ def planned_user_upserts(count: int) -> list[Any]:
 
     planned = []
     for i in range(count):
-        user = User.model_validate({
-            "id": FIRST_USER_ID + i, "email": f"drain.{i}@example.com", "first_name": "Anna",
-            "last_name": "Kowalska", "phone": "600 100 200", "city": "Kraków",
-            "agreements": {"data_processing": True, "marketing": i % 2 == 0}, "total_spent": "399,90",
-            "client_panel": True,
-        })
+        user = User.model_validate(
+            {
+                "id": FIRST_USER_ID + i,
+                "email": f"drain.{i}@example.com",
+                "first_name": "Anna",
+                "last_name": "Kowalska",
+                "phone": "600 100 200",
+                "city": "Kraków",
+                "agreements": {"data_processing": True, "marketing": i % 2 == 0},
+                "total_spent": "399,90",
+                "client_panel": True,
+            }
+        )
         planned.append(PlannedDelivery(USER_UPSERT, user_lane(user.id), {"body": user_upsert_body(user)}))
     return planned
 
@@ -51,7 +58,7 @@ async def _enqueue(database_url: str, planned: list[Any]) -> None:
     try:
         for start in range(0, len(planned), ENQUEUE_BATCH):
             async with sessions.begin() as session:
-                await repository.enqueue(session, planned[start:start + ENQUEUE_BATCH])
+                await repository.enqueue(session, planned[start : start + ENQUEUE_BATCH])
     finally:
         await engine.dispose()
 
@@ -72,7 +79,9 @@ def run(run_dir: RunDir, databases: Databases, size: dict[str, Any], rate_limit:
         fill_outbox(database_url, count)
         starting.result()
     try:
-        env = common.bridge_env(database_url, usercom.url, USERCOM_RATE_LIMIT=str(rate_limit), LOG_LEVEL="WARNING")
+        env = common.bridge_env(
+            database_url, usercom.url, USERCOM_RATE_LIMIT=str(rate_limit), LOG_LEVEL="WARNING"
+        )
         started = time.monotonic()
         with common.running(common.start_bridge(run_dir, "drain-bridge", env)) as bridge:
             assert bridge.process is not None

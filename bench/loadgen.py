@@ -51,7 +51,9 @@ def sample_order_paid() -> dict[str, Any]:
     raise LookupError("no order.paid in samples/webhooks.jsonl")
 
 
-def make_requests(count: int, run_id: str, secret: str, offset: int = 0) -> list[tuple[bytes, dict[str, str]]]:
+def make_requests(
+    count: int, run_id: str, secret: str, offset: int = 0
+) -> list[tuple[bytes, dict[str, str]]]:
     """``count`` distinct signed ``order.paid`` webhooks: (raw body, headers)."""
     from app.caterings.signature import signed_headers
 
@@ -93,12 +95,16 @@ def _client(timeout: float) -> httpx.AsyncClient:
     global _SSL_CONTEXT
     if _SSL_CONTEXT is None:
         _SSL_CONTEXT = ssl.create_default_context()
-    return httpx.AsyncClient(limits=httpx.Limits(max_connections=1, max_keepalive_connections=1), timeout=timeout,
-                             verify=_SSL_CONTEXT)
+    return httpx.AsyncClient(
+        limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+        timeout=timeout,
+        verify=_SSL_CONTEXT,
+    )
 
 
-async def open_loop(url: str, requests: list[tuple[bytes, dict[str, str]]], rate: float,
-                    timeout: float) -> dict[str, Any]:
+async def open_loop(
+    url: str, requests: list[tuple[bytes, dict[str, str]]], rate: float, timeout: float
+) -> dict[str, Any]:
     latencies: list[float] = []
     lags: list[float] = []
     statuses: Counter[int] = Counter()
@@ -135,13 +141,21 @@ async def open_loop(url: str, requests: list[tuple[bytes, dict[str, str]]], rate
     finally:
         for client in clients:
             await client.aclose()
-    return _result("rate", statuses, latencies, elapsed, _cpu_seconds() - cpu_before,
-                   offered_rate=rate, generator_lag_max_ms=round(max(lags, default=0) * 1000, 2),
-                   connections_opened=len(clients))
+    return _result(
+        "rate",
+        statuses,
+        latencies,
+        elapsed,
+        _cpu_seconds() - cpu_before,
+        offered_rate=rate,
+        generator_lag_max_ms=round(max(lags, default=0) * 1000, 2),
+        connections_opened=len(clients),
+    )
 
 
-async def closed_loop(url: str, requests: list[tuple[bytes, dict[str, str]]], concurrency: int,
-                      timeout: float) -> dict[str, Any]:
+async def closed_loop(
+    url: str, requests: list[tuple[bytes, dict[str, str]]], concurrency: int, timeout: float
+) -> dict[str, Any]:
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
     queue = iter(requests)
@@ -158,11 +172,14 @@ async def closed_loop(url: str, requests: list[tuple[bytes, dict[str, str]]], co
     start = clock()
     await asyncio.gather(*(connection() for _ in range(concurrency)))
     elapsed = clock() - start
-    return _result("closed", statuses, latencies, elapsed, _cpu_seconds() - cpu_before, concurrency=concurrency)
+    return _result(
+        "closed", statuses, latencies, elapsed, _cpu_seconds() - cpu_before, concurrency=concurrency
+    )
 
 
-def _result(mode: str, statuses: Counter[int], latencies: list[float], elapsed: float, cpu: float,
-            **extra: Any) -> dict[str, Any]:
+def _result(
+    mode: str, statuses: Counter[int], latencies: list[float], elapsed: float, cpu: float, **extra: Any
+) -> dict[str, Any]:
     from bench.common import latency_summary
 
     ok = sum(n for status, n in statuses.items() if 200 <= status < 300)
@@ -196,18 +213,34 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__.splitlines()[0])
     parser.add_argument("--url", required=True, help="base URL of the server")
     parser.add_argument("--path", default="/webhooks/caterings")
-    parser.add_argument("--warmup", type=int, default=0, help="requests sent first (4 connections), not measured")
-    parser.add_argument("--rate-count", type=int, default=0, help="requests sent open loop at --rate (0: none)")
+    parser.add_argument(
+        "--warmup", type=int, default=0, help="requests sent first (4 connections), not measured"
+    )
+    parser.add_argument(
+        "--rate-count", type=int, default=0, help="requests sent open loop at --rate (0: none)"
+    )
     parser.add_argument("--rate", type=float, default=200.0, help="offered requests/second")
-    parser.add_argument("--closed-count", type=int, default=0,
-                        help="requests then sent closed loop on --concurrency connections (0: none)")
+    parser.add_argument(
+        "--closed-count",
+        type=int,
+        default=0,
+        help="requests then sent closed loop on --concurrency connections (0: none)",
+    )
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--run-id", default=str(int(time.time())), help="makes webhook ids unique per run")
-    parser.add_argument("--first", type=int, default=0,
-                        help="number of the first webhook: runs against one server must not overlap")
+    parser.add_argument(
+        "--first",
+        type=int,
+        default=0,
+        help="number of the first webhook: runs against one server must not overlap",
+    )
     parser.add_argument("--secret", default=None, help="whsec_ secret (default: the sample one)")
-    parser.add_argument("--server-pid", type=int, default=None,
-                        help="the server's pid on this machine: report its CPU seconds per phase")
+    parser.add_argument(
+        "--server-pid",
+        type=int,
+        default=None,
+        help="the server's pid on this machine: report its CPU seconds per phase",
+    )
     parser.add_argument("--timeout", type=float, default=30.0)
     args = parser.parse_args(argv)
 
@@ -230,8 +263,10 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, Any] = {}
     run(warm_up(url, warm, args.timeout))
-    phases = [("rate", fixed, lambda: open_loop(url, fixed, args.rate, args.timeout)),
-              ("closed", flat, lambda: closed_loop(url, flat, args.concurrency, args.timeout))]
+    phases = [
+        ("rate", fixed, lambda: open_loop(url, fixed, args.rate, args.timeout)),
+        ("closed", flat, lambda: closed_loop(url, flat, args.concurrency, args.timeout)),
+    ]
     for name, requests, phase in phases:
         if not requests:
             continue

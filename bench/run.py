@@ -28,19 +28,31 @@ from typing import Any
 if __package__ in (None, ""):  # ``python bench/run.py``
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import common  # noqa: E402
+from bench import common
 
 SECTIONS = ("accept", "drain", "sync", "translate")
 
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": {
-        "accept_warmup": 10, "accept_rate_count": 60, "accept_flat_count": 100, "accept_concurrency": 16,
-        "drain_count": 100, "sync_users": 200, "sync_orders": 200, "translate_seconds": 0.3,
+        "accept_warmup": 10,
+        "accept_rate_count": 60,
+        "accept_flat_count": 100,
+        "accept_concurrency": 16,
+        "drain_count": 100,
+        "sync_users": 200,
+        "sync_orders": 200,
+        "translate_seconds": 0.3,
         "timeout_s": 120,
     },
     "default": {
-        "accept_warmup": 300, "accept_rate_count": 3000, "accept_flat_count": 6000, "accept_concurrency": 32,
-        "drain_count": 10_000, "sync_users": 20_000, "sync_orders": 20_000, "translate_seconds": 5.0,
+        "accept_warmup": 300,
+        "accept_rate_count": 3000,
+        "accept_flat_count": 6000,
+        "accept_concurrency": 32,
+        "drain_count": 10_000,
+        "sync_users": 20_000,
+        "sync_orders": 20_000,
+        "translate_seconds": 5.0,
         "timeout_s": 3600,
     },
 }
@@ -71,15 +83,26 @@ def _met(flag: bool | None) -> str:
 
 
 def _lat(r: dict[str, Any]) -> str:
-    return f"{r['throughput_rps']:.0f} req/s, p50 {r['p50_ms']:.1f} / p99 {r['p99_ms']:.1f} / max {r['max_ms']:.0f} ms"
+    return (
+        f"{r['throughput_rps']:.0f} req/s, "
+        f"p50 {r['p50_ms']:.1f} / p99 {r['p99_ms']:.1f} / max {r['max_ms']:.0f} ms"
+    )
 
 
 def table_rows(results: dict[str, Any]) -> list[dict[str, str]]:
     rows: list[dict[str, str]] = []
 
     def add(bench: str, case: str, result: str, versus: str = "", target: str = "", met: str = "") -> None:
-        rows.append({"benchmark": bench, "case": case, "result": result, "vs limit": versus,
-                     "target": target, "met": met})
+        rows.append(
+            {
+                "benchmark": bench,
+                "case": case,
+                "result": result,
+                "vs limit": versus,
+                "target": target,
+                "met": met,
+            }
+        )
 
     accept = results.get("accept")
     if isinstance(accept, dict):
@@ -93,46 +116,75 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, str]]:
                 continue
             bridge, bare = entry["bridge"], entry["bare"]
             rate_ok = entry["targets"].get("rate_200_p99_met")
-            fixed_ratio = (bridge["rate_200"]["throughput_rps"] / bare["rate_200"]["throughput_rps"]
-                           if bare["rate_200"]["throughput_rps"] else 0)
-            add(name, "bridge, 200/s offered", _lat(bridge["rate_200"]), f"{fixed_ratio:.2f} of bare",
-                "p99 < 25 ms" if backend == "sqlite" else "", _met(rate_ok))
+            fixed_ratio = (
+                bridge["rate_200"]["throughput_rps"] / bare["rate_200"]["throughput_rps"]
+                if bare["rate_200"]["throughput_rps"]
+                else 0
+            )
+            add(
+                name,
+                "bridge, 200/s offered",
+                _lat(bridge["rate_200"]),
+                f"{fixed_ratio:.2f} of bare",
+                "p99 < 25 ms" if backend == "sqlite" else "",
+                _met(rate_ok),
+            )
             add(name, "bare, 200/s offered", _lat(bare["rate_200"]))
             conc = bridge["flat_out"].get("concurrency", "")
-            add(name, f"bridge, flat out ({conc} conn)", _lat(bridge["flat_out"]),
-                f"{entry['ratio_flat_out']:.2f} of bare", ">= 0.70 of bare",
-                _met(entry["targets"]["flat_out_ratio_met"]))
+            add(
+                name,
+                f"bridge, flat out ({conc} conn)",
+                _lat(bridge["flat_out"]),
+                f"{entry['ratio_flat_out']:.2f} of bare",
+                ">= 0.70 of bare",
+                _met(entry["targets"]["flat_out_ratio_met"]),
+            )
             add(name, f"bare, flat out ({conc} conn)", _lat(bare["flat_out"]), "1.00")
     drain = results.get("drain")
     if isinstance(drain, dict):
         if "error" in drain:
             add("drain", "(failed)", drain["error"])
         else:
-            add("drain", f"{drain['deliveries']:,} user upserts, L = {drain['rate_limit']:g}/s",
+            add(
+                "drain",
+                f"{drain['deliveries']:,} user upserts, L = {drain['rate_limit']:g}/s",
                 f"{drain['achieved_rps']:.1f} req/s, {drain['rate_limited_429']} x 429, "
                 f"{drain['time_to_empty_s']:.1f} s to empty",
-                f"{drain['utilisation']:.3f} of L", ">= 0.95 of L", _met(drain["target_met"]))
+                f"{drain['utilisation']:.3f} of L",
+                ">= 0.95 of L",
+                _met(drain["target_met"]),
+            )
     sync = results.get("sync")
     if isinstance(sync, dict):
         if "skipped" in sync or "error" in sync:
             add("sync", "(not run)", sync.get("skipped") or sync.get("error", ""))
         else:
-            add("sync", f"{sync['users']:,} users + {sync['orders']:,} orders, L = {sync['rate_limit']:g}/s",
-                f"{sync['wall_s']:.1f} s for {sync['usercom_calls']:,} calls, peak RSS {sync['peak_rss_mib']:.0f} MiB",
-                f"{sync['vs_lower_bound']:.2f} of bound ({sync['lower_bound_s']:.1f} s)")
+            add(
+                "sync",
+                f"{sync['users']:,} users + {sync['orders']:,} orders, L = {sync['rate_limit']:g}/s",
+                f"{sync['wall_s']:.1f} s for {sync['usercom_calls']:,} calls, "
+                f"peak RSS {sync['peak_rss_mib']:.0f} MiB",
+                f"{sync['vs_lower_bound']:.2f} of bound ({sync['lower_bound_s']:.1f} s)",
+            )
             second = sync.get("second_run") or {}
             if second:
-                add("sync", "same data again (second run)",
+                add(
+                    "sync",
+                    "same data again (second run)",
                     f"{second['wall_s']:.1f} s, {second['usercom_calls']:,} calls; "
-                    f"{second['calls_saved']:,} saved by skipping unchanged")
+                    f"{second['calls_saved']:,} saved by skipping unchanged",
+                )
     translate = results.get("translate")
     if isinstance(translate, dict):
         if "error" in translate:
             add("translate", "(failed)", translate["error"])
         else:
-            add("translate", "order.paid: parse + plan, no I/O",
+            add(
+                "translate",
+                "order.paid: parse + plan, no I/O",
                 f"{translate['webhooks_per_s']:,} webhooks/s ({translate['us_per_webhook']} us each); "
-                f"with json.loads {translate['with_json_loads_per_s']:,}/s")
+                f"with json.loads {translate['with_json_loads_per_s']:,}/s",
+            )
     return rows
 
 
@@ -156,7 +208,11 @@ def run(size_name: str, only: list[str], output: Path, rate_limit: float) -> dic
     databases = common.Databases(run_dir)
     pg_ok, pg_reason = common.postgres_reachable()
     backends = ["sqlite"] + (["postgresql"] if pg_ok else [])
-    skipped = {} if pg_ok else {"postgresql": f"PostgreSQL not reachable at {common.postgres_admin_url()}: {pg_reason}"}
+    skipped = (
+        {}
+        if pg_ok
+        else {"postgresql": f"PostgreSQL not reachable at {common.postgres_admin_url()}: {pg_reason}"}
+    )
     if not pg_ok:
         print(f"note: skipping the PostgreSQL part: {skipped['postgresql']}", file=sys.stderr)
 
@@ -185,7 +241,7 @@ def run(size_name: str, only: list[str], output: Path, rate_limit: float) -> dic
                     from bench import translate
 
                     results[section] = translate.run(size)
-            except Exception as exc:  # one failed part must not lose the others' numbers
+            except Exception as exc:  # noqa: BLE001 - one failed part must not lose the others' numbers
                 traceback.print_exc()
                 results[section] = {"error": f"{type(exc).__name__}: {exc}"}
             if isinstance(results[section], dict):
@@ -205,7 +261,7 @@ def run(size_name: str, only: list[str], output: Path, rate_limit: float) -> dic
             "postgresql": "used" if pg_ok else skipped["postgresql"],
             "run_dir": str(run_dir.path),
             "note": "servers, fakes and the load generator share this machine's CPUs (loopback); "
-                    "throughput is what they reach together",
+            "throughput is what they reach together",
             "duration_s": round(time.time() - started, 1),
         },
         **results,
@@ -214,8 +270,10 @@ def run(size_name: str, only: list[str], output: Path, rate_limit: float) -> dic
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
     m = report["meta"]["machine"]
-    print(f"\nBenchmarks ({size_name}), {report['meta']['date']}, {m['nproc']} CPUs ({m['cpu']}), "
-          f"Python {m['python']}")
+    print(
+        f"\nBenchmarks ({size_name}), {report['meta']['date']}, {m['nproc']} CPUs ({m['cpu']}), "
+        f"Python {m['python']}"
+    )
     print(format_table(rows))
     print(f"note: {report['meta']['note']}.")
     print(f"wrote {output}")
@@ -225,11 +283,16 @@ def run(size_name: str, only: list[str], output: Path, rate_limit: float) -> dic
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description="Benchmarks of the bridge.")
     parser.add_argument("--size", choices=sorted(SIZES), default="default")
-    parser.add_argument("--only", default=",".join(SECTIONS),
-                        help=f"comma-separated parts to run (of {', '.join(SECTIONS)})")
+    parser.add_argument(
+        "--only", default=",".join(SECTIONS), help=f"comma-separated parts to run (of {', '.join(SECTIONS)})"
+    )
     parser.add_argument("--output", type=Path, default=common.RESULTS_DIR / "latest.json")
-    parser.add_argument("--rate-limit", type=float, default=100.0,
-                        help="L: User.com requests/second for drain and sync (fake and bridge alike)")
+    parser.add_argument(
+        "--rate-limit",
+        type=float,
+        default=100.0,
+        help="L: User.com requests/second for drain and sync (fake and bridge alike)",
+    )
     args = parser.parse_args(argv)
     only = [part.strip() for part in args.only.split(",") if part.strip()]
     unknown = [part for part in only if part not in SECTIONS]

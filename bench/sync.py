@@ -85,8 +85,9 @@ def run(run_dir: RunDir, databases: Databases, size: dict[str, Any], rate_limit:
     database_url = databases.new("sqlite", "sync")
     caterings = common.fake_caterings(run_dir, users, orders)
     usercom = common.fake_usercom(run_dir, "sync-fake-usercom", rate_limit=rate_limit)
-    env = common.bridge_env(database_url, usercom.url, caterings.url, USERCOM_RATE_LIMIT=str(rate_limit),
-                            LOG_LEVEL="WARNING")
+    env = common.bridge_env(
+        database_url, usercom.url, caterings.url, USERCOM_RATE_LIMIT=str(rate_limit), LOG_LEVEL="WARNING"
+    )
     bridge = common.bridge(run_dir, "sync-bridge", env)
     common.start_all(caterings, usercom, bridge)  # the bridge calls neither until the sync starts
     try:

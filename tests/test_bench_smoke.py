@@ -22,11 +22,17 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], dict[str, Any], Path]:
+def tiny_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any], Path]:
     output = tmp_path_factory.mktemp("bench") / "tiny.json"
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--size", "tiny", "--output", str(output)],
-        cwd=ROOT, capture_output=True, text=True, timeout=BOUND_SECONDS, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=BOUND_SECONDS,
+        check=False,
     )
     assert done.returncode == 0, f"benchmark failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done, json.loads(output.read_text(encoding="utf-8")), output
@@ -45,7 +51,9 @@ def test_json_has_every_part(tiny_run: tuple[Any, dict[str, Any], Path]) -> None
     assert {"meta", "accept", "drain", "sync", "translate", "table"} <= set(report)
     meta = report["meta"]
     assert meta["size"] == "tiny" and meta["machine"]["nproc"] >= 1 and meta["machine"]["python"]
-    assert report["table"] and {"benchmark", "case", "result", "vs limit", "target", "met"} <= set(report["table"][0])
+    assert report["table"] and {"benchmark", "case", "result", "vs limit", "target", "met"} <= set(
+        report["table"][0]
+    )
 
     sqlite = report["accept"]["sqlite"]
     for server in ("bridge", "bare"):
