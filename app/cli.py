@@ -32,15 +32,29 @@ def serve(
     settings = settings_or_exit()
     from app.main import create_app
 
+    # uvicorn stops gracefully on SIGTERM/SIGINT (no new requests, open ones finish, then the
+    # lifespan drains the worker) and afterwards re-raises the signal to the handler it found:
+    # make that one a no-op, so a graceful stop exits 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stopped_gracefully)
     uvicorn.run(
         create_app(settings), host=host, port=port, log_config=None,
-        timeout_graceful_shutdown=int(settings.lease_seconds // 2) or 1,
+        timeout_graceful_shutdown=max(1, min(5, int(settings.shutdown_timeout_seconds))),
     )
 
 
+def _stopped_gracefully(_signum: int, _frame: object) -> None:
+    return None
+
+
 @cli.command()
-def worker() -> None:
-    """Run only the delivery worker (scale-out: several of these on one PostgreSQL)."""
+def worker(
+    metrics_port: int = typer.Option(0, help="serve /health and /metrics on this port (default: WORKER_METRICS_PORT)"),
+) -> None:
+    """Run only the delivery worker (scale-out: several of these on one PostgreSQL).
+
+    SIGTERM or SIGINT: claims nothing more, finishes or gives back what it holds within
+    SHUTDOWN_TIMEOUT_SECONDS, exits 0."""
     settings = settings_or_exit()
     from app.logs import configure_logging
     from app.main import start_services
@@ -52,7 +66,20 @@ def worker() -> None:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, services.worker.stop)
-            await services.worker.run(drain_timeout=max(1.0, settings.lease_seconds / 2))
+            http = None
+            if metrics_port or settings.worker_metrics_port:
+                from app.ops.worker_http import worker_http_server
+
+                server = worker_http_server(
+                    services, settings.worker_metrics_host, metrics_port or settings.worker_metrics_port
+                )
+                http = asyncio.create_task(server.serve(), name="worker-http")
+            try:
+                await services.worker.run(drain_timeout=settings.shutdown_timeout_seconds)
+            finally:
+                if http is not None:
+                    server.should_exit = True
+                    await http
 
     asyncio.run(_run())
 
@@ -91,6 +118,11 @@ def demo(keep: bool = typer.Option(False, help="keep the servers running until E
 from app.sync.cli import register as _register_sync_commands  # noqa: E402
 
 _register_sync_commands(cli)  # sync full|status|feed, import-orders
+
+
+from app.ops.cli import register as _register_ops_commands  # noqa: E402
+
+_register_ops_commands(cli)  # purge
 
 
 def main() -> None:

@@ -17,6 +17,8 @@ from app.migrate import upgrade_to_head_async
 from app.ops.consents import router as consents_router
 from app.ops.deliveries import router as deliveries_router
 from app.ops.health import router as health_router
+from app.ops.maintenance import router as maintenance_router
+from app.ops.metrics_api import router as metrics_router
 from app.services import Services, build_services
 from app.settings import Settings, get_settings
 from app.sync.router import router as sync_router
@@ -46,7 +48,9 @@ async def start_services(settings: Settings, *, run_worker: bool) -> AsyncIterat
         await wait_for_database(services)
         await upgrade_to_head_async(settings.database_url)
         if run_worker:
-            worker_task = asyncio.create_task(services.worker.run(), name="delivery-worker")
+            worker_task = asyncio.create_task(
+                services.worker.run(drain_timeout=settings.shutdown_timeout_seconds), name="delivery-worker"
+            )
         yield services
     finally:
         if worker_task is not None:
@@ -73,6 +77,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health_router)
     app.include_router(caterings_router)
     app.include_router(deliveries_router)
+    app.include_router(metrics_router)
+    app.include_router(maintenance_router)
     app.include_router(sync_router)
     app.include_router(consent_router)
     app.include_router(consents_router)

@@ -83,6 +83,17 @@ class Delivery(Base):
     __table_args__ = (
         Index("ix_deliveries_claim", "state", "next_attempt_at"),
         Index("ix_deliveries_lane", "lane", "id"),
+        # The claim looks only at open deliveries (migration 0003_ops).
+        Index(
+            "ix_deliveries_open", "id",
+            sqlite_where=text("state IN ('pending', 'in_flight')"),
+            postgresql_where=text("state IN ('pending', 'in_flight')"),
+        ),
+        Index(
+            "ix_deliveries_open_lane", "lane", "id",
+            sqlite_where=text("state IN ('pending', 'in_flight')"),
+            postgresql_where=text("state IN ('pending', 'in_flight')"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)

@@ -16,13 +16,15 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 WINDOW_MARGIN = 1.02
 CUT_FACTOR = 2 / 3
 RAISE_FACTOR = 1.10
 THROTTLED_SHARE_TO_CUT = 0.10
 CLEAN_WINDOWS_TO_RAISE = 2
+DEFAULT_PAUSE_SECONDS = 1.0  # a 429 without Retry-After
+MAX_PAUSE_SECONDS = 300.0  # never trust a Retry-After longer than this for the shared pause
 
 
 class AdaptiveRateLimiter:
@@ -32,6 +34,7 @@ class AdaptiveRateLimiter:
         *,
         min_rate: float = 0.2,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if rate <= 0:
             raise ValueError("rate must be positive")
@@ -39,6 +42,7 @@ class AdaptiveRateLimiter:
         self.min_rate = min(min_rate, rate)
         self._rate = rate
         self._clock = clock
+        self._sleep = sleep
         self._sent: deque[float] = deque()
         self._lock = asyncio.Lock()
         self._paused_until = 0.0
@@ -47,6 +51,7 @@ class AdaptiveRateLimiter:
         self._window_total = 0
         self._window_throttled = 0
         self._clean_windows = 0
+        self._cut_in_window: float | None = None
 
     # --- the rate
     @property
@@ -70,7 +75,7 @@ class AdaptiveRateLimiter:
             while True:
                 now = self._clock()
                 if now < self._paused_until:
-                    await asyncio.sleep(self._paused_until - now)
+                    await self._sleep(self._paused_until - now)
                     continue
                 capacity, window = self._capacity_and_window()
                 while self._sent and self._sent[0] <= now - window:
@@ -78,7 +83,7 @@ class AdaptiveRateLimiter:
                 if len(self._sent) < capacity:
                     self._sent.append(now)
                     return
-                await asyncio.sleep(self._sent[0] + window - now)
+                await self._sleep(self._sent[0] + window - now)
 
     # --- feedback from the answers
     def record_success(self) -> None:
@@ -89,14 +94,14 @@ class AdaptiveRateLimiter:
         self._roll_window()
         self._window_total += 1
         self._window_throttled += 1
-        pause = retry_after if retry_after is not None and retry_after >= 0 else 1.0
-        self._paused_until = max(self._paused_until, self._clock() + min(pause, 300.0))
+        pause = retry_after if retry_after is not None and retry_after >= 0 else DEFAULT_PAUSE_SECONDS
+        self._paused_until = max(self._paused_until, self._clock() + min(pause, MAX_PAUSE_SECONDS))
         if self._window_throttled > THROTTLED_SHARE_TO_CUT * max(self._window_total, 1):
             self._cut()
 
     def _cut(self) -> None:
         # Cut at most once per window, however many 429s the burst holds.
-        if getattr(self, "_cut_in_window", None) == self._window_start:
+        if self._cut_in_window == self._window_start:
             return
         self._cut_in_window = self._window_start
         self._rate = max(self.min_rate, self._rate * CUT_FACTOR)

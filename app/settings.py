@@ -58,8 +58,13 @@ class Settings(BaseSettings):
     worker_batch_size: int = Field(default=50, ge=1)
     worker_poll_seconds: float = Field(default=0.5, gt=0)
     lease_seconds: float = Field(default=60.0, gt=0)
-    # Each sending process takes 1/N of the User.com and Caterings limits (see README, scale-out).
+    # Each sending process takes 1/N of the User.com and Caterings limits (docs/operations.md).
     sender_processes: int = Field(default=1, ge=1)
+    # SIGTERM: how long in-flight deliveries may take to finish before they are given back.
+    shutdown_timeout_seconds: float = Field(default=20.0, gt=0)
+    # `bridge worker` serves /health and /metrics here when set (0: off).
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+    worker_metrics_host: str = "127.0.0.1"
     retry_base_seconds: float = Field(default=1.0, gt=0)
     retry_cap_seconds: float = Field(default=600.0, gt=0)
     retry_max_attempts: int = Field(default=30, ge=1)
@@ -144,3 +149,13 @@ def store_settings_from_env() -> _DatabaseOnly:
 @lru_cache
 def get_settings() -> Settings:
     return load_settings()
+
+
+class MaintenanceSettings(BaseSettings):
+    """The store and its retention, for ``bridge purge`` (which must not demand the API secrets)."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    database_url: str = Settings.model_fields["database_url"].default
+    retention_days: int = Field(default=Settings.model_fields["retention_days"].default, ge=1)
+    log_level: str = "INFO"
+    log_format: str = "auto"

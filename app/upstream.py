@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -16,6 +18,19 @@ from app.ratelimit import AdaptiveRateLimiter
 
 # Called after each upstream call with (system, status or "error", seconds).
 CallObserver = Callable[[str, str, float], None]
+
+
+@dataclass
+class CallProgress:
+    """Where one unit of work (a delivery) stands, for a graceful shutdown: while ``waiting`` it
+    has sent nothing it is waiting for, so it can be cancelled and given back safely."""
+
+    waiting: bool = False
+    calls_sent: int = 0
+
+
+# Set by the delivery worker around each delivery; None elsewhere.
+CURRENT_PROGRESS: ContextVar[CallProgress | None] = ContextVar("upstream_call_progress", default=None)
 
 
 class UpstreamError(Exception):
@@ -71,7 +86,16 @@ class RateLimitedHttp:
         ok_statuses: tuple[int, ...] = (),
     ) -> httpx.Response:
         """Send one request. 2xx and ``ok_statuses`` come back; anything else raises."""
-        await self.limiter.acquire()
+        progress = CURRENT_PROGRESS.get()
+        if progress is not None:
+            progress.waiting = True
+        try:
+            await self.limiter.acquire()
+        finally:
+            if progress is not None:
+                progress.waiting = False
+        if progress is not None:
+            progress.calls_sent += 1
         started = time.perf_counter()
         try:
             response = await self.http.request(method, path, json=json, params=params)

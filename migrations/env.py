@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from app.db import create_engine
 from app.models import Base
 
 config = context.config
+MIGRATION_LOCK_KEY = 0x62726964676531  # "bridge1": any constant the app uses for nothing else
 target_metadata = Base.metadata
 
 
@@ -31,6 +33,10 @@ def _run(connection: Connection) -> None:
         compare_type=True,
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # Several processes (web replicas, workers) may start at once on a fresh database:
+            # one migrates, the others wait here, then find it current. Held until commit.
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         context.run_migrations()
 
 

@@ -37,6 +37,8 @@ async def receive_caterings_webhook(request: Request, services: ServicesDep) -> 
     settings = services.settings
     event_type = "?"
     outcome = "error"
+    # Every log line about this webhook carries its id (as claimed, until the signature says so).
+    structlog.contextvars.bind_contextvars(webhook_id=request.headers.get("webhook-id", "")[:100] or None)
     try:
         body = await read_limited_body(request, settings.max_body_bytes)
         try:

@@ -20,7 +20,8 @@ class RetryPolicy:
 
     def backoff(self, attempts: int, rng: random.Random | None = None) -> float:
         """Exponential backoff with jitter: between half and all of base * 2^(n-1), capped."""
-        ceiling = min(self.cap_seconds, self.base_seconds * (2 ** max(0, attempts - 1)))
+        exponent = min(max(0, attempts - 1), 62)  # past that the cap has long been reached
+        ceiling = min(self.cap_seconds, self.base_seconds * (2.0**exponent))
         return ceiling * (0.5 + 0.5 * (rng or random).random())
 
 
@@ -44,11 +45,16 @@ def decide(
     now: datetime,
     policy: RetryPolicy,
     rng: random.Random | None = None,
+    throttled_before: int = 0,
 ) -> Decision:
-    """``attempts_before`` counts the attempts already used, not this one."""
+    """``attempts_before`` counts the attempts already used, not this one; ``throttled_before``
+    the 429s already seen (they use no attempt, but a storm without Retry-After backs off too)."""
     if error.status == 429:
-        # Being throttled is not the delivery's fault: it uses up no attempt.
-        delay = error.retry_after if error.retry_after is not None else policy.backoff(1, rng)
+        # Being throttled is not the delivery's fault: it uses up no attempt, and never kills it.
+        if error.retry_after is not None:
+            delay = error.retry_after
+        else:
+            delay = policy.backoff(throttled_before + 1, rng)
         return Decision("retry", delay, counts_attempt=False, reason="throttled")
     if not is_retryable(error):
         return Decision("dead", reason=f"permanent error {error.status}")

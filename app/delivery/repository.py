@@ -6,14 +6,15 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy import String, and_, bindparam, delete, exists, func, or_, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from app.delivery.plan import PlannedDelivery, target_of
-from app.models import BusinessFact, Delivery, utcnow
+from app.models import BusinessFact, Delivery, InboundEvent, utcnow
 
 OPEN_STATES = ("pending", "in_flight")
 
@@ -37,8 +38,15 @@ async def enqueue(
     inbound_id: int | None = None,
     now: datetime | None = None,
 ) -> list[Delivery]:
-    """Add planned deliveries to the outbox, dropping business facts that already fired."""
+    """Add planned deliveries to the outbox, dropping business facts that already fired.
+
+    On PostgreSQL the transaction first takes a lock per lane (held until it commits), so the ids
+    of one lane are handed out in commit order: whoever sees a delivery also sees every older one
+    of its lane. The claim relies on that. Call it once per transaction (or with lanes in the
+    same order every time) so two transactions never wait on each other's lanes.
+    """
     now = now or utcnow()
+    await lock_lanes(session, {item.lane for item in planned})
     added: list[Delivery] = []
     for item in planned:
         if item.dedupe_key and not await claim_fact(session, item.dedupe_key):
@@ -62,16 +70,42 @@ async def enqueue(
     return added
 
 
-def _claimable(now: datetime, target: str | None) -> Any:
-    older = aliased(Delivery)
-    blocked_by_older = exists().where(
-        and_(older.lane == Delivery.lane, older.id < Delivery.id, older.state.in_(OPEN_STATES))
+def _dialect(session: AsyncSession) -> str:
+    return session.bind.dialect.name if session.bind is not None else "sqlite"
+
+
+# Lanes are locked by a 64-bit hash of their name; a collision only makes two lanes wait on each
+# other while they enqueue. Sorted, so two transactions take them in the same order.
+_LOCK_LANES = text(
+    "SELECT pg_advisory_xact_lock(h) FROM "
+    "(SELECT DISTINCT hashtextextended(lane, 0) AS h FROM unnest(:lanes) AS lane ORDER BY h) AS locks"
+).bindparams(bindparam("lanes", type_=ARRAY(String)))
+
+
+async def lock_lanes(session: AsyncSession, lanes: set[str]) -> None:
+    """PostgreSQL: lock the lanes until the transaction ends (SQLite has one writer at a time)."""
+    if lanes and _dialect(session) == "postgresql":
+        await session.execute(_LOCK_LANES, {"lanes": sorted(lanes)})
+
+
+def _claimable(now: datetime, target: str | None, targets: Sequence[str] | None = None) -> Any:
+    other = aliased(Delivery)
+    # A delivery waits while another of its lane is in flight (whatever its age: a replayed dead
+    # delivery must not overtake one already on its way), or while an older one is pending.
+    blocked = exists().where(
+        other.lane == Delivery.lane,
+        other.id != Delivery.id,
+        or_(other.state == "in_flight", and_(other.state == "pending", other.id < Delivery.id)),
     )
     due = (Delivery.state == "pending") & (Delivery.next_attempt_at <= now)
     lease_expired = (Delivery.state == "in_flight") & (Delivery.lease_until < now)
-    condition = (due | lease_expired) & ~blocked_by_older
+    # The first term is implied by the second; it is there for the partial index on open ids,
+    # so a claim never walks through the done deliveries that pile up before the purge.
+    condition = Delivery.state.in_(OPEN_STATES) & (due | lease_expired) & ~blocked
     if target:
         condition = condition & (Delivery.target == target)
+    if targets is not None:
+        condition = condition & Delivery.target.in_(list(targets))
     return condition
 
 
@@ -82,30 +116,41 @@ async def claim(
     limit: int,
     lease_seconds: float,
     target: str | None = None,
+    targets: Sequence[str] | None = None,
     now: datetime | None = None,
 ) -> list[Delivery]:
     """Lease up to ``limit`` due deliveries, at most one per lane, in one statement.
 
     On PostgreSQL the candidate rows are locked with FOR UPDATE SKIP LOCKED, so concurrent
-    workers never claim the same row. On SQLite the single UPDATE runs under the database's one
-    writer lock, which gives the same guarantee. The caller commits.
+    workers never claim the same row: a row another claim holds is skipped, and a row another
+    claim has already leased fails the re-check PostgreSQL makes on its newest version (READ
+    COMMITTED). On SQLite the single UPDATE runs under the database's one writer lock, which gives
+    the same guarantee. Why two deliveries of one lane are never in flight at once is argued in
+    docs/operations.md ("Why the claim is safe"). ``targets`` limits the claim to those upstream
+    systems (the worker leaves out one that asked it to wait). The caller commits.
     """
     now = now or utcnow()
+    if targets is not None and not targets:
+        return []
     candidates = (
-        select(Delivery.id).where(_claimable(now, target)).order_by(Delivery.id).limit(limit)
+        select(Delivery.id).where(_claimable(now, target, targets)).order_by(Delivery.id).limit(limit)
     )
-    if session.bind is not None and session.bind.dialect.name == "postgresql":
-        candidates = candidates.with_for_update(skip_locked=True)
+    if _dialect(session) == "postgresql":
+        # In a CTE, so the locking LIMIT query runs exactly once whatever plan is chosen.
+        locked = candidates.with_for_update(skip_locked=True).cte("claimable")
+        chosen: Any = Delivery.id.in_(select(locked.c.id))
+    else:
+        chosen = Delivery.id.in_(candidates.scalar_subquery())
     statement = (
         update(Delivery)
-        .where(Delivery.id.in_(candidates.scalar_subquery()))
+        .where(chosen)
         .values(state="in_flight", leased_by=worker_id, lease_until=now + timedelta(seconds=lease_seconds), updated_at=now)
         .returning(Delivery)
         .execution_options(synchronize_session=False)
     )
     rows = (await session.execute(statement)).scalars().all()
-    # A lane whose older delivery is leased in this very statement is excluded by the NOT EXISTS
-    # above, because both rows were pending when the statement started.
+    # One statement sees one snapshot, in which only the oldest open delivery of a lane passes
+    # the NOT EXISTS: never two of one lane in a single claim.
     return sorted(rows, key=lambda d: d.id)
 
 
@@ -168,6 +213,24 @@ async def park_dead(session: AsyncSession, delivery_id: int, worker_id: str, *, 
     return bool(result.rowcount)
 
 
+async def renew_leases(
+    session: AsyncSession, delivery_ids: Sequence[int], worker_id: str, lease_seconds: float,
+    now: datetime | None = None,
+) -> set[int]:
+    """Extend the leases this worker still holds (a heartbeat); the ids it still holds."""
+    if not delivery_ids:
+        return set()
+    now = now or utcnow()
+    result = await session.execute(
+        update(Delivery)
+        .where(Delivery.id.in_(list(delivery_ids)), Delivery.leased_by == worker_id, Delivery.state == "in_flight")
+        .values(lease_until=now + timedelta(seconds=lease_seconds))
+        .returning(Delivery.id)
+        .execution_options(synchronize_session=False)
+    )
+    return set(result.scalars().all())
+
+
 async def release(session: AsyncSession, delivery_ids: Sequence[int], worker_id: str) -> int:
     """Give leased deliveries back untouched (graceful shutdown)."""
     if not delivery_ids:
@@ -197,3 +260,84 @@ async def next_due_at(session: AsyncSession) -> datetime | None:
     ).scalar_one_or_none()
 
 
+# --- operators: dead letters, replay, retention
+
+
+async def list_deliveries(
+    session: AsyncSession, *, state: str | None, limit: int, after_id: int | None = None, kind: str | None = None
+) -> list[Delivery]:
+    """Deliveries by id (keyset pagination: pass the last id seen as ``after_id``)."""
+    query = select(Delivery).order_by(Delivery.id).limit(limit)
+    if state is not None:
+        query = query.where(Delivery.state == state)
+    if kind is not None:
+        query = query.where(Delivery.kind == kind)
+    if after_id is not None:
+        query = query.where(Delivery.id > after_id)
+    return list((await session.execute(query)).scalars().all())
+
+
+def _replay_values(now: datetime) -> dict[str, Any]:
+    # The last status and error stay, so an operator still sees why it had died until it is tried.
+    return {
+        "state": "pending", "attempts": 0, "throttled": 0, "next_attempt_at": now, "lease_until": None,
+        "leased_by": None, "done_at": None, "outcome": None, "updated_at": now,
+    }
+
+
+async def retry_dead(session: AsyncSession, delivery_id: int, now: datetime | None = None) -> str:
+    """Put one dead delivery back to pending now: "retried", "not_found" or the state it is in."""
+    now = now or utcnow()
+    result = await session.execute(
+        update(Delivery).where(Delivery.id == delivery_id, Delivery.state == "dead").values(**_replay_values(now))
+    )
+    if result.rowcount:
+        return "retried"
+    state = await session.scalar(select(Delivery.state).where(Delivery.id == delivery_id))
+    return "not_found" if state is None else str(state)
+
+
+async def retry_all_dead(
+    session: AsyncSession, *, since: datetime | None = None, kind: str | None = None, now: datetime | None = None
+) -> int:
+    """Put every dead delivery (parked at or after ``since``) back to pending now; how many."""
+    now = now or utcnow()
+    statement = update(Delivery).where(Delivery.state == "dead")
+    if since is not None:
+        statement = statement.where(Delivery.updated_at >= since)
+    if kind is not None:
+        statement = statement.where(Delivery.kind == kind)
+    result = await session.execute(statement.values(**_replay_values(now)).execution_options(synchronize_session=False))
+    return int(result.rowcount or 0)
+
+
+async def purge_done_deliveries(session: AsyncSession, before: datetime, *, batch: int = 5000) -> int:
+    """Delete up to ``batch`` deliveries done before ``before``; how many (call until 0)."""
+    ids = select(Delivery.id).where(Delivery.state == "done", Delivery.done_at < before).limit(batch)
+    result = await session.execute(
+        delete(Delivery).where(Delivery.id.in_(ids.scalar_subquery())).execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)
+
+
+async def purge_inbound_events(session: AsyncSession, before: datetime, *, batch: int = 5000) -> int:
+    """Delete up to ``batch`` inbound records received before ``before`` whose deliveries are all
+    gone or done (one still pending, in flight or dead keeps its record for operators)."""
+    unsettled = exists().where(Delivery.inbound_id == InboundEvent.id, Delivery.state != "done")
+    ids = select(InboundEvent.id).where(InboundEvent.received_at < before, ~unsettled).limit(batch)
+    result = await session.execute(
+        delete(InboundEvent).where(InboundEvent.id.in_(ids.scalar_subquery()))
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)
+
+
+async def count_purgeable(session: AsyncSession, before: datetime) -> dict[str, int]:
+    unsettled = exists().where(Delivery.inbound_id == InboundEvent.id, Delivery.state != "done")
+    deliveries = await session.scalar(
+        select(func.count()).select_from(Delivery).where(Delivery.state == "done", Delivery.done_at < before)
+    )
+    inbound = await session.scalar(
+        select(func.count()).select_from(InboundEvent).where(InboundEvent.received_at < before, ~unsettled)
+    )
+    return {"deliveries": int(deliveries or 0), "inbound_events": int(inbound or 0)}

@@ -2,7 +2,11 @@
 
 One asyncio task claims in batches and starts a task per delivery, at most ``concurrency`` at
 once. The claim takes at most one delivery per lane, so one user's deliveries go out in order.
-While an upstream asks us to wait (429 with Retry-After), the worker sleeps instead of polling.
+While an upstream asks us to wait (429 with Retry-After), the worker claims nothing for it, and
+sleeps instead of polling when every upstream is paused. A heartbeat extends the leases of the
+deliveries in hand, so a slow but live worker keeps them and a dead one loses them after
+``lease_seconds``. On stop it claims nothing more, gives back at once what is only waiting for
+the rate limiter, lets calls already sent finish until the deadline, and gives back the rest.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from app.delivery import repository
 from app.delivery.handlers import HANDLERS, HandlerContext
 from app.delivery.policy import RetryPolicy, decide
 from app.models import Delivery, utcnow
-from app.upstream import UpstreamError
+from app.ratelimit import AdaptiveRateLimiter
+from app.upstream import CURRENT_PROGRESS, CallProgress, UpstreamError
 
 log = structlog.get_logger("app.delivery.worker")
 
@@ -62,6 +67,8 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._in_flight: dict[int, asyncio.Task[None]] = {}
+        self._progress: dict[int, CallProgress] = {}
+        self._lost: set[int] = set()  # leases taken over by another worker: never give them back
 
     # --- control
     def wake(self) -> None:
@@ -76,68 +83,152 @@ class Worker:
     def in_flight_count(self) -> int:
         return len(self._in_flight)
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
     async def run(self, *, drain_timeout: float = 20.0) -> None:
         log.info("worker started", worker_id=self.worker_id, concurrency=self.concurrency)
+        heartbeat = asyncio.create_task(self._heartbeat(), name="lease-heartbeat")
         try:
             while not self._stopping.is_set():
-                await self._wait_while_throttled()
+                targets = await self._wait_while_throttled()
+                if self._stopping.is_set():
+                    break
                 free = self.concurrency - len(self._in_flight)
-                claimed = await self._claim(free) if free > 0 else []
+                self._wake.clear()  # a wake-up from here on (work stored, a lane freed) is kept for _idle
+                claimed = await self._claim(free, targets) if free > 0 else []
                 for delivery in claimed:
-                    task = asyncio.create_task(self._perform(delivery))
-                    self._in_flight[delivery.id] = task
-                    task.add_done_callback(lambda _t, d=delivery.id: self._finished(d))
+                    self._start(delivery)
                 if free <= 0 or len(claimed) < free:
                     await self._idle()
         finally:
-            await self._shutdown(drain_timeout)
+            try:
+                await self._shutdown(drain_timeout)
+            finally:
+                heartbeat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heartbeat
             log.info("worker stopped", worker_id=self.worker_id)
+
+    def _start(self, delivery: Delivery) -> None:
+        progress = CallProgress()
+        self._progress[delivery.id] = progress
+        task = asyncio.create_task(self._perform(delivery, progress), name=f"delivery-{delivery.id}")
+        self._in_flight[delivery.id] = task
+        task.add_done_callback(lambda _t, d=delivery.id: self._finished(d))
 
     def _finished(self, delivery_id: int) -> None:
         self._in_flight.pop(delivery_id, None)
+        self._progress.pop(delivery_id, None)
+        self._lost.discard(delivery_id)
         self._wake.set()  # a lane may have opened up
 
     async def _idle(self) -> None:
-        self._wake.clear()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=self.poll_seconds)
 
-    async def _wait_while_throttled(self) -> None:
-        limiters = [self.ctx.usercom.limiter] + ([self.ctx.caterings.limiter] if self.ctx.caterings else [])
-        pause = min(limiter.paused_for for limiter in limiters)
-        # Only sleep when every upstream is paused; one paused upstream must not stall the other.
-        if pause > 0 and not self._stopping.is_set():
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=pause)
+    def _limiters(self) -> dict[str, AdaptiveRateLimiter]:
+        limiters: dict[str, AdaptiveRateLimiter] = {"usercom": self.ctx.usercom.limiter}
+        if self.ctx.caterings is not None:
+            limiters["caterings"] = self.ctx.caterings.limiter
+        return limiters
 
-    async def _claim(self, limit: int) -> list[Delivery]:
+    async def _wait_while_throttled(self) -> list[str]:
+        """The upstream systems to claim work for now: those not asking us to wait.
+
+        A paused upstream gets no new claims (its deliveries would only sit on a lease); when
+        every upstream is paused the worker sleeps until the first pause ends, touching no database.
+        """
+        while not self._stopping.is_set():
+            pauses = {system: limiter.paused_for for system, limiter in self._limiters().items()}
+            open_systems = [system for system, pause in pauses.items() if pause <= 0]
+            if open_systems:
+                return open_systems
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=min(pauses.values()))
+        return []
+
+    async def _claim(self, limit: int, targets: list[str] | None = None) -> list[Delivery]:
         try:
             async with self.ctx.sessions.begin() as session:
                 return await repository.claim(
                     session, worker_id=self.worker_id, limit=min(limit, self.batch_size),
-                    lease_seconds=self.lease_seconds,
+                    lease_seconds=self.lease_seconds, targets=targets,
                 )
         except Exception:  # a database hiccup must not kill the worker
             log.exception("claim failed", worker_id=self.worker_id)
             await asyncio.sleep(self.poll_seconds)
             return []
 
-    async def _shutdown(self, drain_timeout: float) -> None:
-        """Let in-flight deliveries finish within the deadline; give back the rest untouched."""
-        if self._in_flight:
-            _done, pending = await asyncio.wait(list(self._in_flight.values()), timeout=drain_timeout)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
-        leftover = list(self._in_flight)
-        if leftover:
-            with contextlib.suppress(Exception):
+    async def _heartbeat(self) -> None:
+        """Extend the leases in hand every third of a lease, so only a dead worker loses them."""
+        interval = max(0.05, self.lease_seconds / 3)
+        while True:
+            await asyncio.sleep(interval)
+            held = [d for d in self._in_flight if d not in self._lost]
+            if not held:
+                continue
+            try:
                 async with self.ctx.sessions.begin() as session:
-                    await repository.release(session, leftover, self.worker_id)
+                    kept = await repository.renew_leases(session, held, self.worker_id, self.lease_seconds)
+            except Exception:  # the database is away: the leases may lapse, fencing keeps us safe
+                log.warning("lease renewal failed", worker_id=self.worker_id, deliveries=len(held))
+                continue
+            for delivery_id in set(held) - kept:
+                task = self._in_flight.get(delivery_id)
+                if task is not None:
+                    # Another worker took it over (we were cut off longer than a lease): stop
+                    # working on it; our settle would be refused anyway.
+                    self._lost.add(delivery_id)
+                    task.cancel()
+                    log.warning("lease lost to another worker", delivery_id=delivery_id, worker_id=self.worker_id)
+
+    async def _shutdown(self, drain_timeout: float) -> None:
+        """Give back at once what only waits for the rate limiter; let calls already sent finish
+        within the deadline; then cancel what is left and give it back untouched."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain_timeout
+        to_release: set[int] = set()
+        while self._in_flight:
+            for delivery_id, task in list(self._in_flight.items()):
+                progress = self._progress.get(delivery_id)
+                if progress is not None and progress.waiting and not task.done():
+                    task.cancel()  # it has not sent this call: safe to do again later
+                    to_release.add(delivery_id)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            await asyncio.wait(list(self._in_flight.values()), timeout=min(0.05, remaining))
+        leftover = dict(self._in_flight)
+        for delivery_id, task in leftover.items():
+            task.cancel()
+            to_release.add(delivery_id)
+        if leftover:
+            log.warning("shutdown deadline passed with deliveries in hand", count=len(leftover),
+                        worker_id=self.worker_id)
+            await asyncio.gather(*leftover.values(), return_exceptions=True)
+        if to_release:
+            try:
+                async with self.ctx.sessions.begin() as session:
+                    released = await repository.release(session, sorted(to_release), self.worker_id)
+                log.info("deliveries given back", count=released, worker_id=self.worker_id)
+            except Exception:
+                log.exception("could not give deliveries back; their leases will lapse", worker_id=self.worker_id)
 
     # --- one delivery
-    async def _perform(self, delivery: Delivery) -> None:
+    async def _perform(self, delivery: Delivery, progress: CallProgress | None = None) -> None:
+        # Everything logged while this delivery is performed (handlers, clients) carries its id.
+        structlog.contextvars.bind_contextvars(delivery_id=delivery.id, kind=delivery.kind)
+        CURRENT_PROGRESS.set(progress)
+        try:
+            await self._perform_bound(delivery)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # settling failed (the database went away): the lease will lapse
+            log.exception("could not settle delivery; it will be retried after its lease", delivery_id=delivery.id)
+
+    async def _perform_bound(self, delivery: Delivery) -> None:
         bound = log.bind(delivery_id=delivery.id, kind=delivery.kind, lane=delivery.lane)
         handler = HANDLERS.get(delivery.kind)
         started = time.perf_counter()
@@ -164,13 +255,15 @@ class Worker:
 
     async def _settle_failure(self, delivery: Delivery, error: UpstreamError, bound: structlog.BoundLogger) -> None:
         decision = decide(
-            error, attempts_before=delivery.attempts, created_at=delivery.created_at, now=utcnow(), policy=self.policy
+            error, attempts_before=delivery.attempts, created_at=delivery.created_at, now=utcnow(), policy=self.policy,
+            throttled_before=delivery.throttled or 0,
         )
         async with self.ctx.sessions.begin() as session:
             if decision.action == "dead":
                 if await repository.park_dead(session, delivery.id, self.worker_id, status=error.status, error=str(error)):
                     await self._run_hook(session, delivery, "dead")
-                bound.warning("delivery parked as dead", status=error.status, reason=decision.reason)
+                bound.warning("delivery parked as dead", status=error.status, reason=decision.reason,
+                              error=str(error)[:300])
             else:
                 await repository.schedule_retry(
                     session, delivery.id, self.worker_id, delay_seconds=decision.delay_seconds,

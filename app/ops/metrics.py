@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -45,6 +47,9 @@ class Metrics:
         self.rate_limit = Gauge(
             "bridge_rate_limit_per_second", "Current adaptive rate limit of this process", ["system"], registry=r,
         )
+        self.store_up = Gauge(
+            "bridge_store_up", "1 when the last scrape could read the outbox from the database", registry=r,
+        )
 
     def observe_upstream(self, system: str, status: str, seconds: float) -> None:
         self.upstream_calls.labels(system, status).inc()
@@ -53,3 +58,24 @@ class Metrics:
     def observe_delivery(self, kind: str, outcome: str, seconds: float) -> None:
         self.deliveries_settled.labels(kind, outcome).inc()
         self.delivery_latency.labels(kind).observe(seconds)
+
+
+# --- at scrape time (app.ops.metrics_api): gauges read from the store, this process's rates
+
+DELIVERY_STATES = ("pending", "in_flight", "done", "dead")
+
+
+async def refresh_gauges(metrics: Metrics, sessions: Any, limiters: dict[str, Any], now: datetime | None = None) -> None:
+    """Deliveries by state, queue depth and oldest open age from the store; this process's rates."""
+    from app.delivery import repository
+
+    async with sessions() as session:
+        by_state = await repository.counts_by_state(session)
+        oldest = await repository.oldest_open_created_at(session)
+    for state in sorted(set(DELIVERY_STATES) | set(by_state)):
+        metrics.deliveries_by_state.labels(state).set(by_state.get(state, 0))
+    metrics.queue_depth.set(by_state.get("pending", 0) + by_state.get("in_flight", 0))
+    now = now or datetime.now(timezone.utc)
+    metrics.oldest_pending_age.set(max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0)
+    for system, limiter in limiters.items():
+        metrics.rate_limit.labels(system).set(limiter.rate)

@@ -26,7 +26,10 @@ def events_of(state: dict, **match: str) -> list[dict]:  # type: ignore[type-arg
     return [e for e in state["product_events"] if all(e[k] == v for k, v in match.items())]
 
 
-def test_sample_webhooks_land_in_usercom(bridge: p.ServerProcess, fake_usercom: p.ServerProcess) -> None:
+def test_sample_webhooks_land_in_usercom(
+    bridge_factory, fake_usercom: p.ServerProcess, database_url: str  # type: ignore[no-untyped-def]
+) -> None:
+    bridge = bridge_factory(DATABASE_URL=database_url)  # on SQLite, and on PostgreSQL when one answers
     answers = send_all_samples(bridge.url)
     statuses = [(r.status_code, r.json()["status"]) for r in answers]
     assert statuses[4] == (200, "duplicate")  # the fifth line redelivers the fourth
@@ -126,17 +129,17 @@ def test_bad_input_is_refused_and_nothing_is_delivered(
 
 
 def test_sigkill_during_outage_loses_nothing_and_fires_nothing_twice(
-    bridge_factory, fake_usercom: p.ServerProcess  # type: ignore[no-untyped-def]
+    bridge_factory, fake_usercom: p.ServerProcess, database_url: str  # type: ignore[no-untyped-def]
 ) -> None:
     port = p.free_port()
-    bridge = bridge_factory(port=port)
+    bridge = bridge_factory(port=port, DATABASE_URL=database_url)
     p.fake_config(fake_usercom.url, down=True)
     send_all_samples(bridge.url)
     p.wait_until(lambda: p.fake_state(fake_usercom.url)["request_count"] > 0, what="first attempts during outage")
     assert not p.drained(bridge.url)
     bridge.kill()
 
-    restarted = bridge_factory(port=port)  # still during the outage
+    restarted = bridge_factory(port=port, DATABASE_URL=database_url)  # still during the outage
     seen = p.fake_state(fake_usercom.url)["request_count"]
     p.wait_until(lambda: p.fake_state(fake_usercom.url)["request_count"] > seen, what="retries after restart")
     assert not p.drained(restarted.url)
