@@ -22,10 +22,11 @@ processes, and the API answers ``409``.
 Backpressure
 ------------
 Before fetching a page the job waits while the outbox holds more open (pending or in-flight)
-deliveries than ``SYNC_OUTBOX_HIGH_WATER`` (default: 30 seconds of User.com calls at
-``USERCOM_RATE_LIMIT``, at least 200). The outbox is claimed oldest first, so this bounds how long
-a live webhook waits behind the sync, and it keeps the outbox (and the claim query) small. A dry
-run enqueues nothing and does not wait.
+deliveries than ``SYNC_OUTBOX_HIGH_WATER`` (default: ten seconds of ``USERCOM_RATE_LIMIT``, at
+least 200). The outbox is claimed oldest first, so this bounds how long a live webhook waits
+behind the sync (about high water plus one page, divided by the drain rate), and it keeps the
+outbox - and the claim query, which looks at every pending row - small. A dry run enqueues
+nothing and does not wait.
 """
 
 from __future__ import annotations
@@ -107,7 +108,8 @@ async def running_job_id(session: AsyncSession, kind: str = FULL) -> int | None:
 async def create_job(session: AsyncSession, options: FullSyncOptions, owner: str) -> SyncJob:
     """Insert a running job owned by ``owner``; ``JobConflict`` when one is already running.
 
-    The caller's session must not hold other work: a conflict rolls it back."""
+    When another process inserted its job between our look and our insert, the database refuses
+    ours (the transaction is then unusable) and the conflict carries no job id."""
     existing = await running_job_id(session)
     if existing is not None:
         raise JobConflict(existing)
@@ -121,8 +123,7 @@ async def create_job(session: AsyncSession, options: FullSyncOptions, owner: str
     try:
         await session.flush()
     except IntegrityError:
-        await session.rollback()
-        raise JobConflict(await running_job_id(session)) from None
+        raise JobConflict(None) from None
     return job
 
 
@@ -225,8 +226,7 @@ async def resume_failed(session: AsyncSession, job_id: int) -> SyncJob:
     try:
         await session.flush()
     except IntegrityError:
-        await session.rollback()
-        raise JobConflict(await running_job_id(session)) from None
+        raise JobConflict(None) from None
     return job
 
 
@@ -295,7 +295,7 @@ class SyncRunner:
     @property
     def high_water(self) -> int:
         configured = self.settings.sync_outbox_high_water
-        return configured or max(200, int(self.settings.usercom_rate_limit * 30))
+        return configured or max(200, int(self.settings.usercom_rate_limit * 10))
 
     @property
     def running_here(self) -> list[int]:
@@ -303,11 +303,21 @@ class SyncRunner:
 
     # --- control
     async def start_full(self, options: FullSyncOptions) -> SyncJob:
-        async with self.sessions.begin() as session:
-            job = await create_job(session, options, self.owner)
+        try:
+            async with self.sessions.begin() as session:
+                job = await create_job(session, options, self.owner)
+        except JobConflict as conflict:
+            raise await self.named(conflict) from None
         log.info("full sync started", job_id=job.id, **asdict(options))
         self._spawn(job.id)
         return job
+
+    async def named(self, conflict: JobConflict) -> JobConflict:
+        """The conflict with the running job's id (looked up afresh when the database refused us)."""
+        if conflict.job_id is not None:
+            return conflict
+        async with self.sessions() as session:
+            return JobConflict(await running_job_id(session))
 
     def _spawn(self, job_id: int) -> None:
         task = asyncio.create_task(self._run(job_id), name=f"sync-job-{job_id}")

@@ -110,7 +110,7 @@ async def get_sync_job(job_id: int, services: ServicesDep) -> dict[str, Any]:
 
 
 @router.post("/sync/jobs/{job_id}/resume", status_code=202)
-async def resume_sync_job(job_id: int, services: ServicesDep) -> Any:
+async def resume_sync_job(job_id: int, request: Request, services: ServicesDep) -> Any:
     """Put a failed job back to work from the page it stopped at (after fixing the cause)."""
     try:
         async with services.sessions.begin() as session:
@@ -120,7 +120,7 @@ async def resume_sync_job(job_id: int, services: ServicesDep) -> Any:
     except ValueError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     except jobs.JobConflict as exc:
-        return _conflict(exc)
+        return _conflict(await _runtime(request).runner.named(exc))
     return {"job_id": job.id, "status": "resuming", "job": jobs.job_view(job)}
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 
 from app.delivery.plan import PRODUCT_EVENT, PRODUCT_UPSERT, USER_UPSERT
 from app.fakes.caterings import FakeCaterings
@@ -271,3 +271,31 @@ async def test_paging_pauses_while_the_outbox_is_full(tmp_path: Path, caterings_
                 break
             await asyncio.sleep(0.05)
         assert job["state"] == "done"
+
+
+async def test_a_start_that_loses_the_race_in_the_database_is_a_conflict(
+    tmp_path: Path, caterings_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes may both see no running job; the partial unique index lets one insert win."""
+    settings = sync_settings(tmp_path, caterings_url)
+    first = await _insert_job(settings, owner="other-process", heartbeat_at=utcnow())
+    real_lookup = jobs.running_job_id
+    calls: list[int] = []
+
+    async def blind_first_time(session):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return None if len(calls) == 1 else await real_lookup(session)
+
+    monkeypatch.setattr(jobs, "running_job_id", blind_first_time)
+    from app.db import create_engine, create_session_factory
+
+    engine = create_engine(settings.database_url)
+    runner = jobs.SyncRunner(settings, create_session_factory(engine), caterings=None)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(jobs.JobConflict) as conflict:
+            await runner.start_full(jobs.FullSyncOptions())
+        assert conflict.value.job_id == first
+        async with create_session_factory(engine)() as session:
+            assert (await session.execute(select(func.count()).select_from(SyncJob))).scalar_one() == 1
+    finally:
+        await engine.dispose()

@@ -68,11 +68,19 @@ def usercom_requests(url: str) -> int:
 def expected_from_caterings(users: int, orders: int, seed: int = 1) -> dict[str, Any]:
     """What User.com must hold after a full sync, computed from the fake's own (pure) data."""
     fake = FakeCaterings(token="t", brand_id=None, users=users, orders=orders, seed=seed, rate_limit=None, feed=b"")
-    user_ids = {str(u["id"]) for u in fake.user_page(1, users + 10)["items"]}
+
+    def every(page_of: Any) -> Iterator[dict[str, Any]]:
+        page: int | None = 1
+        while page is not None:
+            answer = page_of(page, 500)
+            yield from answer["items"]
+            page = answer["next_page"]
+
+    user_ids = {str(u["id"]) for u in every(fake.user_page)}
     reservations: set[str] = set()
     purchases: set[tuple[str, str]] = set()
     inactive: set[str] = set()
-    for raw in fake.order_page(1, max(orders, 1))["items"] if orders else []:
+    for raw in every(fake.order_page):
         order = Order.model_validate(raw)
         for item in order.items:
             variant = variant_custom_id(order, item)
