@@ -31,6 +31,23 @@ async def claim_fact(session: AsyncSession, key: str) -> bool:
     return bool(result.rowcount)
 
 
+_FACTS_PER_STATEMENT = 400
+
+
+async def claim_facts(session: AsyncSession, keys: Sequence[str]) -> set[str]:
+    """Record several business facts in one statement; returns those recorded now (the others had
+    fired already). Sorted, so two transactions claiming the same facts take them in one order."""
+    wanted = sorted(set(keys))
+    insert = pg_insert if _dialect(session) == "postgresql" else sqlite_insert
+    claimed: set[str] = set()
+    now = utcnow()
+    for start in range(0, len(wanted), _FACTS_PER_STATEMENT):
+        chunk = [{"key": key, "created_at": now} for key in wanted[start:start + _FACTS_PER_STATEMENT]]
+        statement = insert(BusinessFact).values(chunk).on_conflict_do_nothing().returning(BusinessFact.key)
+        claimed.update((await session.execute(statement)).scalars().all())
+    return claimed
+
+
 async def enqueue(
     session: AsyncSession,
     planned: Sequence[PlannedDelivery],
@@ -47,10 +64,15 @@ async def enqueue(
     """
     now = now or utcnow()
     await lock_lanes(session, {item.lane for item in planned})
+    # All facts in one statement, before any delivery is added (one at a time, each claim was a
+    # statement of its own and made the session flush the deliveries added so far one by one).
+    fresh = await claim_facts(session, [item.dedupe_key for item in planned if item.dedupe_key])
     added: list[Delivery] = []
     for item in planned:
-        if item.dedupe_key and not await claim_fact(session, item.dedupe_key):
-            continue
+        if item.dedupe_key:
+            if item.dedupe_key not in fresh:
+                continue
+            fresh.discard(item.dedupe_key)  # a fact planned twice in one batch fires once
         delivery = Delivery(
             inbound_id=inbound_id,
             kind=item.kind,
