@@ -15,7 +15,8 @@ def _ensure_sqlite_folder(url: str) -> None:
         Path(database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
 
 
-def create_engine(url: str) -> AsyncEngine:
+def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 10) -> AsyncEngine:
+    """``pool_size``/``max_overflow`` apply to PostgreSQL: each process holds at most their sum."""
     if url.startswith("sqlite"):
         _ensure_sqlite_folder(url)
         # The pool's usual reset (a rollback whenever a connection is returned) costs aiosqlite a
@@ -40,7 +41,7 @@ def create_engine(url: str) -> AsyncEngine:
             cursor.close()
 
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    return create_async_engine(url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True)
 
 
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

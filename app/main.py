@@ -16,6 +16,7 @@ from app.logs import configure_logging
 from app.migrate import upgrade_to_head_async
 from app.ops.consents import router as consents_router
 from app.ops.deliveries import router as deliveries_router
+from app.ops.errors import install as install_store_error_handlers
 from app.ops.health import router as health_router
 from app.ops.maintenance import router as maintenance_router
 from app.ops.metrics_api import router as metrics_router
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(deliveries_router)
     app.include_router(metrics_router)
     app.include_router(maintenance_router)
+    install_store_error_handlers(app)  # the database away: 503 + Retry-After, not 500
     app.include_router(sync_router)
     app.include_router(consent_router)
     app.include_router(consents_router)

@@ -50,7 +50,9 @@ SETTLE_HOOKS[CONSENT_UPDATE] = consents.on_consent_delivery_settled  # the conse
 
 def build_services(settings: Settings) -> Services:
     metrics = Metrics()
-    engine = create_engine(settings.database_url)
+    engine = create_engine(
+        settings.database_url, pool_size=settings.database_pool_size, max_overflow=settings.database_max_overflow
+    )
     sessions = create_session_factory(engine)
     share = settings.sender_processes  # each sending process takes its share of the limits
     usercom_http = usercom_client.build_http(

@@ -22,6 +22,9 @@ class Settings(BaseSettings):
 
     # --- store
     database_url: str = "sqlite+aiosqlite:///./data/bridge.db"
+    # PostgreSQL connections per process: at most pool size + overflow (docs/operations.md).
+    database_pool_size: int = Field(default=10, ge=1)
+    database_max_overflow: int = Field(default=10, ge=0)
 
     # --- User.com
     usercom_api_url: str = Field(min_length=1)

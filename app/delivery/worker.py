@@ -21,11 +21,13 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.delivery import repository
 from app.delivery.handlers import HANDLERS, HandlerContext
 from app.delivery.policy import RetryPolicy, decide
 from app.models import Delivery, utcnow
+from app.ops.errors import store_unavailable
 from app.ratelimit import AdaptiveRateLimiter
 from app.upstream import CURRENT_PROGRESS, CallProgress, UpstreamError
 
@@ -247,9 +249,13 @@ class Worker:
             bound.exception("handler crashed")
             await self._settle_failure(delivery, UpstreamError(delivery.target, None, f"internal: {exc!r}"), bound)
             return
-        async with self.ctx.sessions.begin() as session:
+        async def done(session: AsyncSession) -> None:
             if await repository.mark_done(session, delivery.id, self.worker_id, outcome, 200):
                 await self._run_hook(session, delivery, "done")
+
+        # The call went through: recording it must not fail on a database blip, or the lease
+        # lapses and the call is made again.
+        await self._settle(done, bound)
         self.observe(delivery.kind, outcome, time.perf_counter() - started)
         bound.debug("delivered", outcome=outcome)
 
@@ -258,21 +264,46 @@ class Worker:
             error, attempts_before=delivery.attempts, created_at=delivery.created_at, now=utcnow(), policy=self.policy,
             throttled_before=delivery.throttled or 0,
         )
-        async with self.ctx.sessions.begin() as session:
-            if decision.action == "dead":
+        if decision.action == "dead":
+
+            async def dead(session: AsyncSession) -> None:
                 if await repository.park_dead(session, delivery.id, self.worker_id, status=error.status, error=str(error)):
                     await self._run_hook(session, delivery, "dead")
-                bound.warning("delivery parked as dead", status=error.status, reason=decision.reason,
-                              error=str(error)[:300])
-            else:
+
+            await self._settle(dead, bound)
+            bound.warning("delivery parked as dead", status=error.status, reason=decision.reason,
+                          error=str(error)[:300])
+        else:
+
+            async def retry(session: AsyncSession) -> None:
                 await repository.schedule_retry(
                     session, delivery.id, self.worker_id, delay_seconds=decision.delay_seconds,
                     counts_attempt=decision.counts_attempt, status=error.status, error=str(error),
                 )
-                bound.info(
-                    "delivery will be retried", status=error.status, reason=decision.reason,
-                    retry_in=round(decision.delay_seconds, 2),
-                )
+
+            await self._settle(retry, bound)
+            bound.info(
+                "delivery will be retried", status=error.status, reason=decision.reason,
+                retry_in=round(decision.delay_seconds, 2),
+            )
+
+    async def _settle(self, action: Callable[[AsyncSession], Awaitable[None]], bound: structlog.BoundLogger) -> None:
+        """Run one settling transaction, again a few times while the database is briefly away
+        (a restart, a full connection table), for at most about a third of a lease."""
+        waited = 0.0
+        delay = 0.1
+        while True:
+            try:
+                async with self.ctx.sessions.begin() as session:
+                    await action(session)
+                return
+            except Exception as exc:
+                if not store_unavailable(exc) or waited + delay > self.lease_seconds / 3:
+                    raise
+                bound.warning("settling deferred: store unavailable", error=type(exc).__name__, retry_in=delay)
+                await asyncio.sleep(delay)
+                waited += delay
+                delay = min(delay * 2, 2.0)
 
     async def _run_hook(self, session, delivery: Delivery, state: str) -> None:  # type: ignore[no-untyped-def]
         hook = self.settle_hooks.get(delivery.kind)

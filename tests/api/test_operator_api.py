@@ -242,3 +242,24 @@ async def test_the_purge_command_uses_the_retention_setting(services, tmp_path) 
         assert await s.get(Delivery, ids["pending_old"]) is not None
     bad = await invoke(["purge"], {**env, "RETENTION_DAYS": "0"})
     assert bad.exit_code == 2 and "RETENTION_DAYS" in bad.output
+
+
+# --- the store away
+
+
+async def test_a_webhook_gets_503_with_retry_after_while_the_store_is_away(client, services, admin) -> None:  # type: ignore[no-untyped-def]
+    from app.db import create_engine, create_session_factory
+
+    dead_engine = create_engine("postgresql+asyncpg://nobody@127.0.0.1:9/none")
+    working = services.sessions
+    services.sessions = create_session_factory(dead_engine)
+    try:
+        raw, headers = p.signed_webhook(paid(), "msg_store_away")
+        answer = await client.post("/webhooks/caterings", content=raw, headers=headers)
+        assert answer.status_code == 503 and answer.headers["retry-after"] == "5"
+        assert (await client.get("/deliveries", headers=admin)).status_code == 503
+    finally:
+        services.sessions = working
+        await dead_engine.dispose()
+    raw, headers = p.signed_webhook(paid(), "msg_store_away")
+    assert (await client.post("/webhooks/caterings", content=raw, headers=headers)).status_code == 202

@@ -50,8 +50,10 @@ def run_scale_out(
     p.fake_config(fake_usercom.url, rate_limit=limit)
     env = p.bridge_env(
         postgres_url, fake_usercom.url, "http://127.0.0.1:9",
-        WORKER_IN_PROCESS="false", USERCOM_RATE_LIMIT=str(limit), SENDER_PROCESSES="3", LEASE_SECONDS="3",
-        WORKER_CONCURRENCY="8", USERCOM_TIMEOUT_SECONDS="10", LOG_LEVEL="WARNING",
+        WORKER_IN_PROCESS="false", USERCOM_RATE_LIMIT=str(limit), SENDER_PROCESSES="3", LEASE_SECONDS="8",
+        WORKER_CONCURRENCY="8", USERCOM_TIMEOUT_SECONDS="15", LOG_LEVEL="WARNING",
+        # five processes beside whatever else uses this server: at most 8 connections each
+        DATABASE_POOL_SIZE="4", DATABASE_MAX_OVERFLOW="4",
     )
     webs = [p.bridge(env, log_path=tmp_path / f"serve-{n}.log") for n in range(2)]
     workers = []
@@ -86,8 +88,8 @@ def _run(
     p.wait_until(lambda: len(p.fake_state(fake_usercom.url)["product_events"]) >= expected * kill_at,
                  timeout=600, interval=0.5, what="some progress before the kill")
     victim = workers[0]
-    p.fake_config(fake_usercom.url, delay_seconds=3)
-    time.sleep(1.0)
+    p.fake_config(fake_usercom.url, delay_seconds=6)
+    time.sleep(2.0)  # what was answered before is recorded; what is sent now waits at User.com
     held = [row[0] for row in ops.query(
         postgres_url, f"SELECT id FROM deliveries WHERE state = 'in_flight' AND leased_by LIKE '%-{victim.process.pid}-%'"
     )]
@@ -98,12 +100,18 @@ def _run(
     sender.join(timeout=900)
     assert not sender.is_alive(), "sending did not finish"
     sent = report["sent"]
-    assert sent.statuses == {202: users * ops.PER_USER}, sent.statuses  # type: ignore[attr-defined]
+    assert sent.statuses == {202: users * ops.PER_USER}, (sent.statuses, sent.retried)  # type: ignore[attr-defined]
     p.wait_until(lambda: p.drained(webs[0].url), timeout=900, interval=1, what="outbox drained")
     finished = time.monotonic()
 
     state = p.fake_state(fake_usercom.url)
-    ops.check_final_state(state, uids)
+    try:
+        ops.check_final_state(state, uids)
+    except AssertionError as failure:
+        held_keys = ops.event_keys_of(postgres_url, held)
+        twice = {k for k, n in ops.seen_events(state).items() if n > 1}
+        raise AssertionError(f"{failure}\nheld by the killed worker: {held_keys}\n"
+                             f"duplicates among them: {twice & set(held_keys.values())}") from None
     assert state["max_rate_1s"] <= limit, state["max_rate_1s"]
     summary = p.outbox_summary(webs[1].url)
     assert summary.get("dead", 0) == 0 and summary.get("in_flight", 0) == 0, summary
@@ -117,6 +125,7 @@ def _run(
         "users": users, "webhooks": sent.sent, "business_events": expected,  # type: ignore[attr-defined]
         "upstream_requests": state["request_count"], "rate_limited": state["rate_limited_count"],
         "max_rate_1s": state["max_rate_1s"], "limit": limit, "send_seconds": round(sent.seconds, 1),  # type: ignore[attr-defined]
+        "webhooks_sent_again_after_5xx": sum(sent.retried.values()),  # type: ignore[attr-defined]
         "webhooks_per_second": round(sent.sent / sent.seconds, 1),  # type: ignore[attr-defined]
         "total_seconds": round(finished - started, 1), "held_by_killed_worker": len(held),
         "taken_over_within_seconds": round(finished - killed_at, 1),

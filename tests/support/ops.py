@@ -116,6 +116,7 @@ def check_final_state(state: dict[str, Any], uids: Sequence[int]) -> None:
 class SendReport:
     sent: int = 0
     statuses: Counter[int] = field(default_factory=Counter)
+    retried: Counter[int] = field(default_factory=Counter)  # 5xx answers sent again, by status
     seconds: float = 0.0
 
 
@@ -133,14 +134,18 @@ async def send_workload(bridge_urls: Sequence[str], uids: Sequence[int], *, conc
             async with semaphore:
                 for webhook_id, body in user_webhooks(uid):
                     raw, headers = p.signed_webhook(body, webhook_id)
-                    for attempt in range(5):  # what Caterings would do on a network error
+                    for attempt in range(10):  # what Caterings does on a network error or a 5xx: again
                         try:
                             answer = await client.post(next(urls) + "/webhooks/caterings", content=raw, headers=headers)
-                            break
                         except httpx.TransportError:
-                            if attempt == 4:
+                            if attempt == 9:
                                 raise
                             await asyncio.sleep(0.5)
+                            continue
+                        if answer.status_code < 500 or attempt == 9:
+                            break
+                        report.retried[answer.status_code] += 1
+                        await asyncio.sleep(float(answer.headers.get("retry-after", "1")))
                     report.statuses[answer.status_code] += 1
                     report.sent += 1
 
@@ -196,3 +201,18 @@ def sample(text: str, name: str, **labels: str) -> float | None:
 
 def admin(method: str, url: str, **kw: Any) -> httpx.Response:
     return httpx.request(method, url, headers={"Authorization": f"Bearer {p.ADMIN_TOKEN}"}, timeout=30, **kw)
+
+
+def event_keys_of(database_url: str, delivery_ids: Sequence[int]) -> dict[int, tuple[str, str, str]]:
+    """(product custom id, event type, user custom id) of product-event deliveries, by id."""
+    if not delivery_ids:
+        return {}
+    import json
+
+    rows = query(database_url, f"SELECT id, payload FROM deliveries WHERE kind = 'usercom.product_event' "
+                               f"AND id IN ({','.join(str(int(i)) for i in delivery_ids)})")
+    keys = {}
+    for delivery_id, payload in rows:
+        data = json.loads(payload) if isinstance(payload, str) else payload
+        keys[delivery_id] = (data["product_custom_id"], data["body"]["event_type"], data["body"]["user_custom_id"])
+    return keys

@@ -231,3 +231,34 @@ async def test_a_permanent_error_parks_the_delivery_with_its_reason(sessions, mo
     await task
     state = (await rows(sessions))[delivery_id]
     assert state.last_status == 400 and "kcal" in state.last_error and state.lease_until is None
+
+
+async def test_recording_a_done_call_survives_a_database_blip(sessions, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy.exc import OperationalError
+
+    calls = 0
+
+    async def ok(_ctx, _d):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        return "sent"
+
+    failures = 2
+    original = repository.mark_done
+
+    async def flaky_mark_done(*args, **kw):  # type: ignore[no-untyped-def]
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise OperationalError("UPDATE deliveries ...", {}, ConnectionResetError("connection lost"))
+        return await original(*args, **kw)
+
+    monkeypatch.setitem(HANDLERS, USER_UPSERT, ok)
+    monkeypatch.setattr(repository, "mark_done", flaky_mark_done)
+    (delivery_id,) = await enqueue(sessions, (USER_UPSERT, "user:1"))
+    worker = make_worker(sessions, lease_seconds=6)
+    task = asyncio.create_task(worker.run(drain_timeout=1))
+    await wait_for(lambda: _state_is(sessions, delivery_id, "done"))
+    worker.stop()
+    await task
+    assert calls == 1  # recorded on the third try, never sent again
