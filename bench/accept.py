@@ -55,6 +55,12 @@ def loadgen(url: str, *, size: dict[str, Any], run_id: str, server_pid: int | No
     return {"rate_200": result.get("rate"), "flat_out": result.get("closed")}
 
 
+def _cpu_rate(pid: int, seconds: float) -> float:
+    before = common.cpu_seconds(pid)
+    time.sleep(seconds)
+    return round((common.cpu_seconds(pid) - before) / seconds, 3)
+
+
 def run(
     run_dir: RunDir, databases: Databases, size: dict[str, Any], backends: list[str], skipped: dict[str, str]
 ) -> dict[str, Any]:
@@ -80,6 +86,11 @@ def run(
                 entry["bridge"] = loadgen(
                     bridge.url, size=size, run_id=run_id + "b", server_pid=bridge.process.pid
                 )
+                # The in-process worker keeps delivering the backlog (at USERCOM_RATE_LIMIT) while
+                # webhooks come in; its CPU with no webhooks coming in tells the two costs apart.
+                entry["bridge"]["worker_cpu_s_per_s"] = _cpu_rate(
+                    bridge.process.pid, size["accept_idle_probe_s"]
+                )
                 common.progress(f"accept/{backend}: stopping the bridge")
             url = databases.new(backend, "accept-bare")
             common.progress(f"accept/{backend}: starting the bare app")
@@ -91,6 +102,24 @@ def run(
             bridge_flat = entry["bridge"]["flat_out"]["throughput_rps"]
             bare_flat = entry["bare"]["flat_out"]["throughput_rps"]
             entry["ratio_flat_out"] = round(bridge_flat / bare_flat, 3) if bare_flat else None
+            for server in ("bridge", "bare"):
+                for phase in entry[server].values():
+                    if isinstance(phase, dict) and phase.get("ok") and "server_cpu_s" in phase:
+                        phase["server_cpu_ms_per_request"] = round(
+                            1000 * phase["server_cpu_s"] / phase["ok"], 2
+                        )
+            worker_rate = entry["bridge"]["worker_cpu_s_per_s"]
+            for phase in entry["bridge"].values():
+                if isinstance(phase, dict) and phase.get("ok") and "server_cpu_s" in phase:
+                    accept_only = phase["server_cpu_s"] - worker_rate * phase["elapsed_s"]
+                    phase["accept_cpu_ms_per_request_est"] = round(
+                        1000 * max(0.0, accept_only) / phase["ok"], 2
+                    )
+            # CPU per request does not depend on how much CPU other processes left the server: it
+            # is the ratio flat out would reach with a core to itself (and a generator elsewhere).
+            bridge_cpu = entry["bridge"]["flat_out"].get("server_cpu_ms_per_request")
+            bare_cpu = entry["bare"]["flat_out"].get("server_cpu_ms_per_request")
+            entry["cpu_ratio_flat_out"] = round(bare_cpu / bridge_cpu, 3) if bridge_cpu and bare_cpu else None
             entry["targets"] = {
                 "flat_out_ratio_min": TARGET_RATIO,
                 "flat_out_ratio_met": entry["ratio_flat_out"] is not None

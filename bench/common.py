@@ -76,6 +76,38 @@ def cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy since boot (``/proc/stat``), all CPUs together."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    busy = sum(fields[:8]) - fields[3] - fields[4]  # all but idle and iowait (guest is within user)
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds of this process and of its children that have ended (servers, load generators)."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+class OtherWork:
+    """How busy the machine was with work that is not this benchmark, over some span.
+
+    Every process the benchmark starts has ended (and been waited for) by the end of a part, so
+    its CPU time is in ``own_cpu_seconds``; the rest of the machine's busy time is someone else's.
+    """
+
+    def __init__(self) -> None:
+        self.wall = time.monotonic()
+        self.machine = machine_busy_seconds()
+        self.own = own_cpu_seconds()
+
+    def share(self) -> float:
+        """Other work as a share of all the machine's CPUs over the span (0 = none, 1 = all)."""
+        wall = time.monotonic() - self.wall
+        other = (machine_busy_seconds() - self.machine) - (own_cpu_seconds() - self.own)
+        return round(max(0.0, other) / (wall * (os.cpu_count() or 1)), 3) if wall > 0 else 0.0
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 import traceback
@@ -31,11 +32,13 @@ if __package__ in (None, ""):  # ``python bench/run.py``
 from bench import common
 
 SECTIONS = ("accept", "drain", "sync", "translate")
+BUSY_SHARE = 0.05  # other work using more than this share of the CPUs during a part is worth a note
 
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": {
         "accept_warmup": 10,
         "accept_rate_count": 60,
+        "accept_idle_probe_s": 1.0,
         "accept_flat_count": 100,
         "accept_concurrency": 16,
         "drain_count": 100,
@@ -47,6 +50,7 @@ SIZES: dict[str, dict[str, Any]] = {
     "default": {
         "accept_warmup": 300,
         "accept_rate_count": 3000,
+        "accept_idle_probe_s": 5.0,
         "accept_flat_count": 6000,
         "accept_concurrency": 32,
         "drain_count": 10_000,
@@ -56,6 +60,19 @@ SIZES: dict[str, dict[str, Any]] = {
         "timeout_s": 3600,
     },
 }
+
+
+def code_version() -> dict[str, Any]:
+    """The commit measured, and the files under app/ that differed from it when the run started."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", *args], cwd=common.PROJECT_ROOT, capture_output=True, text=True, check=False
+        )
+        return done.stdout.rstrip("\n") if done.returncode == 0 else ""
+
+    changed = [line[3:] for line in git("status", "--porcelain", "--", "app", "migrations").splitlines()]
+    return {"commit": git("rev-parse", "--short", "HEAD").strip(), "uncommitted_app_files": changed}
 
 
 def machine() -> dict[str, Any]:
@@ -83,10 +100,13 @@ def _met(flag: bool | None) -> str:
 
 
 def _lat(r: dict[str, Any]) -> str:
-    return (
-        f"{r['throughput_rps']:.0f} req/s, "
-        f"p50 {r['p50_ms']:.1f} / p99 {r['p99_ms']:.1f} / max {r['max_ms']:.0f} ms"
-    )
+    text = f"{r['throughput_rps']:.0f} req/s, p50 {r['p50_ms']:.1f} / p99 {r['p99_ms']:.1f}"
+    text += f" / max {r['max_ms']:.0f} ms"
+    if r.get("server_cpu_ms_per_request") is not None:
+        text += f", server CPU {r['server_cpu_ms_per_request']:.1f} ms/req"
+        if r.get("accept_cpu_ms_per_request_est") is not None:
+            text += f" (worker aside: {r['accept_cpu_ms_per_request_est']:.1f})"
+    return text
 
 
 def table_rows(results: dict[str, Any]) -> list[dict[str, str]]:
@@ -135,7 +155,12 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, str]]:
                 name,
                 f"bridge, flat out ({conc} conn)",
                 _lat(bridge["flat_out"]),
-                f"{entry['ratio_flat_out']:.2f} of bare",
+                f"{entry['ratio_flat_out']:.2f} of bare"
+                + (
+                    f" (CPU/req: {entry['cpu_ratio_flat_out']:.2f})"
+                    if entry.get("cpu_ratio_flat_out")
+                    else ""
+                ),
                 ">= 0.70 of bare",
                 _met(entry["targets"]["flat_out_ratio_met"]),
             )
@@ -218,12 +243,38 @@ def run(size_name: str, only: list[str], output: Path, rate_limit: float) -> dic
 
     results: dict[str, Any] = {}
     started = time.time()
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(started)),
+        "size": size_name,
+        "sections": [s for s in SECTIONS if s in only],
+        "machine": machine(),
+        "code": code_version(),
+        "sizes": size,
+        "usercom_rate_limit": rate_limit,
+        "postgresql": "used" if pg_ok else skipped["postgresql"],
+        "run_dir": str(run_dir.path),
+        "note": "servers, fakes and the load generator share this machine's CPUs (loopback); "
+        "throughput is what they reach together",
+    }
+
+    def write(complete: bool) -> dict[str, Any]:
+        """The report so far; written after every part, so an interrupted run keeps what it measured."""
+        report = {
+            "meta": {**meta, "complete": complete, "duration_s": round(time.time() - started, 1)},
+            **results,
+            "table": table_rows(results),
+        }
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+        return report
+
     try:
         for section in SECTIONS:
             if section not in only:
                 continue
             common.progress(section)
             t0 = time.monotonic()
+            other_work = common.OtherWork()
             try:
                 if section == "accept":
                     from bench import accept
@@ -246,36 +297,38 @@ def run(size_name: str, only: list[str], output: Path, rate_limit: float) -> dic
                 results[section] = {"error": f"{type(exc).__name__}: {exc}"}
             if isinstance(results[section], dict):
                 results[section]["section_seconds"] = round(time.monotonic() - t0, 1)
+                # Other people's work on the machine takes CPU from the servers being measured.
+                results[section]["other_work_cpu_share"] = other_work.share()
+            write(complete=False)
     finally:
         databases.drop_all()
 
-    rows = table_rows(results)
-    report = {
-        "meta": {
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(started)),
-            "size": size_name,
-            "sections": [s for s in SECTIONS if s in only],
-            "machine": machine(),
-            "sizes": size,
-            "usercom_rate_limit": rate_limit,
-            "postgresql": "used" if pg_ok else skipped["postgresql"],
-            "run_dir": str(run_dir.path),
-            "note": "servers, fakes and the load generator share this machine's CPUs (loopback); "
-            "throughput is what they reach together",
-            "duration_s": round(time.time() - started, 1),
-        },
-        **results,
-        "table": rows,
-    }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    report = write(complete=True)
+    rows = report["table"]
     m = report["meta"]["machine"]
     print(
         f"\nBenchmarks ({size_name}), {report['meta']['date']}, {m['nproc']} CPUs ({m['cpu']}), "
         f"Python {m['python']}"
     )
+    code = report["meta"]["code"]
+    print(
+        f"code: {code['commit']}"
+        + (" with uncommitted changes in app/" if code["uncommitted_app_files"] else "")
+    )
     print(format_table(rows))
     print(f"note: {report['meta']['note']}.")
+    shares = {
+        name: part["other_work_cpu_share"]
+        for name, part in results.items()
+        if isinstance(part, dict) and "other_work_cpu_share" in part
+    }
+    busy = {name: share for name, share in shares.items() if share > BUSY_SHARE}
+    if busy:
+        print(
+            "note: other work was running on this machine (its share of all CPUs during the part: "
+            + ", ".join(f"{name} {share:.0%}" for name, share in busy.items())
+            + "); these numbers are lower than the code reaches on an idle machine."
+        )
     print(f"wrote {output}")
     return report
 
