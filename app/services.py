@@ -6,7 +6,7 @@ keeps it on ``app.state.services``; the ``worker`` command uses it without the w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -33,6 +33,7 @@ class Services:
     metrics: Metrics
     worker: Worker
     _http: list[httpx.AsyncClient]
+    _engines: list[AsyncEngine] = field(default_factory=list)  # besides ``engine``
 
     def wake_worker(self) -> None:
         self.worker.wake()
@@ -41,6 +42,8 @@ class Services:
         for http in self._http:
             await http.aclose()
         await self.engine.dispose()
+        for other in self._engines:
+            await other.dispose()
 
 
 # Hooks other features register to run when a delivery of their kind settles (done or dead).
@@ -54,6 +57,8 @@ def build_services(settings: Settings) -> Services:
         settings.database_url, pool_size=settings.database_pool_size, max_overflow=settings.database_max_overflow
     )
     sessions = create_session_factory(engine)
+    # Lease heartbeats get a connection of their own, so they never queue behind busy work.
+    lease_engine = None if settings.is_sqlite else create_engine(settings.database_url, pool_size=1, max_overflow=0)
     share = settings.sender_processes  # each sending process takes its share of the limits
     usercom_http = usercom_client.build_http(
         settings.usercom_api_url, settings.usercom_api_key.get_secret_value(), settings.usercom_timeout_seconds
@@ -77,8 +82,10 @@ def build_services(settings: Settings) -> Services:
         lease_seconds=settings.lease_seconds,
         settle_hooks=SETTLE_HOOKS,
         observer=metrics.observe_delivery,
+        lease_sessions=create_session_factory(lease_engine) if lease_engine is not None else None,
     )
     return Services(
         settings=settings, engine=engine, sessions=sessions, usercom=usercom, caterings=caterings,
         metrics=metrics, worker=worker, _http=[usercom_http, caterings_http],
+        _engines=[lease_engine] if lease_engine is not None else [],
     )

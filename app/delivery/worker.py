@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 import structlog
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.delivery import repository
 from app.delivery.handlers import HANDLERS, HandlerContext
@@ -40,7 +40,8 @@ DeliveryObserver = Callable[[str, str, float], None]
 
 
 def new_worker_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    # host:pid:random (colons, so the log masking never takes "1234-567890" for a phone number)
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 class Worker:
@@ -56,6 +57,7 @@ class Worker:
         settle_hooks: dict[str, SettleHook] | None = None,
         observer: DeliveryObserver | None = None,
         worker_id: str | None = None,
+        lease_sessions: async_sessionmaker[AsyncSession] | None = None,
     ) -> None:
         self.ctx = ctx
         self.policy = policy
@@ -66,6 +68,7 @@ class Worker:
         self.settle_hooks = settle_hooks or {}
         self.observe = observer or (lambda _k, _o, _t: None)
         self.worker_id = worker_id or new_worker_id()
+        self.lease_sessions = lease_sessions or ctx.sessions  # heartbeats: best on a connection of their own
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._in_flight: dict[int, asyncio.Task[None]] = {}
@@ -172,7 +175,7 @@ class Worker:
             if not held:
                 continue
             try:
-                async with self.ctx.sessions.begin() as session:
+                async with self.lease_sessions.begin() as session:
                     kept = await repository.renew_leases(session, held, self.worker_id, self.lease_seconds)
             except Exception:  # the database is away: the leases may lapse, fencing keeps us safe
                 log.warning("lease renewal failed", worker_id=self.worker_id, deliveries=len(held))

@@ -91,7 +91,7 @@ def _run(
     p.fake_config(fake_usercom.url, delay_seconds=6)
     time.sleep(2.0)  # what was answered before is recorded; what is sent now waits at User.com
     held = [row[0] for row in ops.query(
-        postgres_url, f"SELECT id FROM deliveries WHERE state = 'in_flight' AND leased_by LIKE '%-{victim.process.pid}-%'"
+        postgres_url, f"SELECT id FROM deliveries WHERE state = 'in_flight' AND leased_by LIKE '%:{victim.process.pid}:%'"
     )]
     victim.kill()
     killed_at = time.monotonic()
@@ -119,7 +119,7 @@ def _run(
     assert held, "the killed worker held nothing: kill it later"
     rows = ops.query(postgres_url, f"SELECT id, state, leased_by FROM deliveries WHERE id IN ({','.join(map(str, held))})")
     assert {r[1] for r in rows} == {"done"}
-    assert not any(f"-{victim.process.pid}-" in (r[2] or "") for r in rows), "taken over by another worker"
+    assert not any(f":{victim.process.pid}:" in (r[2] or "") for r in rows), "taken over by another worker"
 
     figures = {
         "users": users, "webhooks": sent.sent, "business_events": expected,  # type: ignore[attr-defined]

@@ -136,3 +136,11 @@ async def test_every_line_about_a_webhook_carries_its_id(json_logs, tmp_path) ->
     assert [line["webhook_id"] for line in stored] == ["msg_logged"]
     assert [line["webhook_id"] for line in refused] == ["msg_forged"]
     assert "anna.kowalska@example.com" not in json.dumps(lines)
+
+
+def test_worker_ids_are_not_taken_for_phone_numbers() -> None:
+    from app.delivery.worker import new_worker_id
+
+    worker_id = new_worker_id()
+    assert mask_text(worker_id) == worker_id
+    assert mask_text("vm:7396:123456") == "vm:7396:123456"
