@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     sync_page_size: int = Field(default=100, ge=1, le=500)
     sync_heartbeat_seconds: float = Field(default=5.0, gt=0)
     sync_stale_seconds: float = Field(default=30.0, gt=0)  # a job silent this long is taken over
-    # Pause paging while the outbox holds more open deliveries than this (0: 10 s of USERCOM_RATE_LIMIT).
+    # Pause paging while the outbox holds more open deliveries than this (0: 2 s of USERCOM_RATE_LIMIT).
     sync_outbox_high_water: int = Field(default=0, ge=0)
 
     # --- inbound

@@ -22,11 +22,12 @@ processes, and the API answers ``409``.
 Backpressure
 ------------
 Before fetching a page the job waits while the outbox holds more open (pending or in-flight)
-deliveries than ``SYNC_OUTBOX_HIGH_WATER`` (default: ten seconds of ``USERCOM_RATE_LIMIT``, at
-least 200). The outbox is claimed oldest first, so this bounds how long a live webhook waits
-behind the sync (about high water plus one page, divided by the drain rate), and it keeps the
-outbox - and the claim query, which looks at every pending row - small. A dry run enqueues
-nothing and does not wait.
+deliveries than ``SYNC_OUTBOX_HIGH_WATER`` (default: two seconds of ``USERCOM_RATE_LIMIT``, at
+least 200), looking again every 0.2 s so the worker never runs dry. The outbox is claimed oldest
+first, so this bounds how long a live webhook waits behind the sync (about high water plus one
+page, divided by the drain rate), and it keeps the outbox - and the claim query, which looks at
+every pending row - small; measured, a lower mark also drains faster (docs/sync.md). A dry run
+enqueues nothing and does not wait.
 """
 
 from __future__ import annotations
@@ -295,7 +296,7 @@ class SyncRunner:
     @property
     def high_water(self) -> int:
         configured = self.settings.sync_outbox_high_water
-        return configured or max(200, int(self.settings.usercom_rate_limit * 10))
+        return configured or max(200, int(self.settings.usercom_rate_limit * 2))
 
     @property
     def running_here(self) -> list[int]:
@@ -465,7 +466,7 @@ class SyncRunner:
             if not waited:
                 log.info("sync paging paused: outbox is full", job_id=job_id, open_deliveries=open_now, limit=limit)
                 waited = True
-            await asyncio.sleep(min(1.0, self.settings.sync_heartbeat_seconds))
+            await asyncio.sleep(min(0.2, self.settings.sync_heartbeat_seconds))  # an indexed count
 
     async def _fetch(self, job: SyncJob, page_size: int) -> tuple[list[Any], int | None]:
         deadline = time.monotonic() + FETCH_GIVE_UP_SECONDS

@@ -223,6 +223,13 @@ def test_dry_run_sends_nothing_and_a_second_start_is_409(
     assert usercom_requests(fake_usercom.url) == 0
     assert p.outbox_summary(bridge.url) == {}
 
+    status = subprocess.run(
+        [sys.executable, "-m", "app.cli", "sync", "status", str(job["id"]), "--url", bridge.url, "--token", p.ADMIN_TOKEN],
+        cwd=p.PROJECT_ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.startswith(f"job {job['id']} done phase=orders") and "dry_run" in status.stdout
+
 
 @pytest.mark.parametrize("fake_caterings", [{"users": 200, "orders": 200}], indirect=True)
 def test_full_sync_brings_every_user_and_order_to_usercom(
