@@ -45,14 +45,17 @@ def loadgen(url: str, *, size: dict[str, Any], run_id: str, server_pid: int | No
         str(size["accept_flat_count"]),
     ]
     if server_pid:
-        args += ["--server-pid", str(server_pid)]
+        args += ["--server-pid", str(server_pid)] + (["--settle"] if size["accept_settle"] else [])
     done = subprocess.run(
         args, cwd=common.PROJECT_ROOT, capture_output=True, text=True, timeout=1800, check=False
     )
     if done.returncode != 0:
         raise RuntimeError(f"load generator failed ({done.returncode}): {done.stderr[-2000:]}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return {"rate_200": result.get("rate"), "flat_out": result.get("closed")}
+    flat = result.get("closed")
+    if flat is not None and "closed_settle_s" in result:
+        flat["waited_for_quiet_server_s"] = result["closed_settle_s"]
+    return {"rate_200": result.get("rate"), "flat_out": flat}
 
 
 def _cpu_rate(pid: int, seconds: float) -> float:

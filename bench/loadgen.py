@@ -24,7 +24,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import copy
+import hashlib
+import hmac
 import json
 import resource
 import ssl
@@ -76,9 +79,24 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+# Signatures are made ahead of time, but a run can outlast the receiver's 5-minute tolerance:
+# a request signed longer ago than this is signed again (an HMAC, a few microseconds).
+RESIGN_AFTER_S = 60
+_KEY = b""
+
+
+def fresh_headers(raw: bytes, headers: dict[str, str]) -> dict[str, str]:
+    now = int(time.time())
+    if now - int(headers["webhook-timestamp"]) < RESIGN_AFTER_S or not _KEY:
+        return headers
+    signed = f"{headers['webhook-id']}.{now}.".encode() + raw
+    signature = base64.b64encode(hmac.new(_KEY, signed, hashlib.sha256).digest()).decode()
+    return {**headers, "webhook-timestamp": str(now), "webhook-signature": f"v1,{signature}"}
+
+
 async def _send(client: httpx.AsyncClient, url: str, request: tuple[bytes, dict[str, str]]) -> int:
     try:
-        response = await client.post(url, content=request[0], headers=request[1])
+        response = await client.post(url, content=request[0], headers=fresh_headers(*request))
         await response.aread()
         return response.status_code
     except httpx.HTTPError as exc:
@@ -209,6 +227,17 @@ def _server_cpu(pid: int | None) -> float:
     return cpu_seconds(pid)
 
 
+def _wait_until_quiet(pid: int, busy: float = 0.5, limit_s: float = 60.0) -> float:
+    """Wait (at most ``limit_s``) until the server uses less than ``busy`` of a CPU for a second."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit_s:
+        before = _server_cpu(pid)
+        time.sleep(1.0)
+        if _server_cpu(pid) - before < busy:
+            break
+    return round(time.monotonic() - started, 1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__.splitlines()[0])
     parser.add_argument("--url", required=True, help="base URL of the server")
@@ -242,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
         help="the server's pid on this machine: report its CPU seconds per phase",
     )
     parser.add_argument("--timeout", type=float, default=30.0)
+    parser.add_argument(
+        "--settle", action="store_true", help="between phases, wait until the server is quiet (--server-pid)"
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -254,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
 
     url = args.url.rstrip("/") + args.path
     secret = args.secret or stack.SAMPLE_SECRET
+    global _KEY
+    _KEY = base64.b64decode(secret.removeprefix("whsec_"))
     first = args.first
     warm = make_requests(args.warmup, args.run_id, secret, offset=first)
     first += args.warmup
@@ -270,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, requests, phase in phases:
         if not requests:
             continue
+        if results and args.server_pid and args.settle:
+            # Requests the last phase gave up on may still be running in the server.
+            results[name + "_settle_s"] = _wait_until_quiet(args.server_pid)
         cpu_before = _server_cpu(args.server_pid)
         results[name] = run(phase())
         if args.server_pid:
