@@ -3,7 +3,8 @@
 Outside the default run (``pytest -m slow``). It takes minutes: every delivery goes through the
 real bridge and the fake User.com at ``USERCOM_RATE_LIMIT`` (300/s, the fake's own limit too).
 The figures it prints are recorded in ``docs/sync.md``; ``SYNC_SCALE_REPORT=<file>`` also writes
-them as JSON.
+them as JSON. On a machine where other pytest sessions run meanwhile, give it a folder of its own
+(``--basetemp=/tmp/sync-scale``): pytest removes old temporary folders when a session starts.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def test_twenty_thousand_users_and_orders_arrive_once_killed_halfway(tmp_path: P
         job_id = httpx.post(f"{bridge.url}/sync/full", headers=ADMIN, timeout=30).json()["job_id"]
 
         half = (USERS + 4 + ORDERS) // 2
-        p.wait_until(lambda: job_of(bridge.url, job_id)["done"] >= half, timeout=3600, interval=1, what="half way")
+        p.wait_until(lambda: job_of(bridge.url, job_id)["done"] >= half, timeout=7200, interval=1, what="half way")
         bridge.kill()
         samples = sampler.stop()
         figures["killed_after_s"] = round(time.monotonic() - started)
@@ -114,10 +115,10 @@ def test_twenty_thousand_users_and_orders_arrive_once_killed_halfway(tmp_path: P
         sampler.start()
         job = p.wait_until(
             lambda: (j := job_of(restarted.url, job_id))["state"] in ("done", "failed") and j,
-            timeout=3600, interval=1, what="the job to end",
+            timeout=10800, interval=1, what="the job to end",
         )
         figures["job_s"] = round(time.monotonic() - started)
-        p.wait_until(lambda: p.drained(restarted.url), timeout=7200, interval=2, what="outbox drained")
+        p.wait_until(lambda: p.drained(restarted.url), timeout=10800, interval=2, what="outbox drained")
         figures["drained_s"] = round(time.monotonic() - started)
         samples += sampler.stop()
         figures["peak_rss_mib"] = round(max(samples) / 1024, 1)
@@ -144,7 +145,7 @@ def test_twenty_thousand_users_and_orders_arrive_once_killed_halfway(tmp_path: P
         assert figures["outbox"].get("dead", 0) == 0
         assert figures["peak_over_idle_mib"] < 60, figures
         # A delivery in flight at the kill is made again once its lease lapses (at least once).
-        check_everything_arrived(state, expected_from_caterings(USERS, ORDERS), exactly_once=False)
+        check_everything_arrived(state, expected_from_caterings(USERS, ORDERS), after_kill=True)
     finally:
         for server in reversed(servers):
             server.kill()
