@@ -18,7 +18,6 @@ from app.fakes.caterings import FakeCaterings
 from app.models import Delivery, SyncJob, utcnow
 from app.settings import Settings
 from app.sync import jobs
-from tests.support import processes as p
 from tests.api.sync_support import (  # noqa: F401  (fixtures)
     ADMIN,
     Bridge,
@@ -29,7 +28,7 @@ from tests.api.sync_support import (  # noqa: F401  (fixtures)
     open_bridge,
     sync_settings,
 )
-
+from tests.support import processes as p
 
 # --- starting, reading, refusing -----------------------------------------------------------------
 
@@ -88,11 +87,15 @@ async def test_bad_start_bodies_are_422(bridge: Bridge, body: Any) -> None:
 
 
 async def test_not_json_body_is_422_and_auth_is_required(bridge: Bridge) -> None:
-    response = await bridge.client.post("/sync/full", content=b"{nope", headers={**ADMIN, "content-type": "application/json"})
+    response = await bridge.client.post(
+        "/sync/full", content=b"{nope", headers={**ADMIN, "content-type": "application/json"}
+    )
     assert response.status_code == 422
     assert (await bridge.client.post("/sync/full")).status_code == 401
     assert (await bridge.client.get("/sync/jobs/1")).status_code == 401
-    assert (await bridge.client.post("/sync/feed", headers={"Authorization": "Bearer wrong"})).status_code == 401
+    assert (
+        await bridge.client.post("/sync/feed", headers={"Authorization": "Bearer wrong"})
+    ).status_code == 401
 
 
 async def test_unknown_job_is_404(bridge: Bridge) -> None:
@@ -101,7 +104,9 @@ async def test_unknown_job_is_404(bridge: Bridge) -> None:
     assert (await bridge.client.post("/sync/jobs/999/resume", headers=ADMIN)).status_code == 404
 
 
-async def test_invalid_records_are_counted_as_failed_and_the_job_goes_on(bridge: Bridge, fake: FakeCaterings) -> None:
+async def test_invalid_records_are_counted_as_failed_and_the_job_goes_on(
+    bridge: Bridge, fake: FakeCaterings
+) -> None:
     fake.add_user({"id": 777, "email": "bad.date@example.com", "created_at": "yesterday"})
     fake.add_user({"email": "no.id@example.com", "id": None})
     response = await bridge.client.post("/sync/full", json={"orders": False}, headers=ADMIN)
@@ -148,8 +153,14 @@ async def _insert_job(settings: Settings, **values: Any) -> int:
     try:
         async with create_session_factory(engine).begin() as session:
             fields: dict[str, Any] = {
-                "kind": "full", "state": "running", "phase": "users", "next_page": 1, "done": 0, "failed": 0,
-                "deliveries": 0, "started_at": utcnow(),
+                "kind": "full",
+                "state": "running",
+                "phase": "users",
+                "next_page": 1,
+                "done": 0,
+                "failed": 0,
+                "deliveries": 0,
+                "started_at": utcnow(),
                 "options": {"users": True, "orders": True, "dry_run": False, "page_size": 10},
             }
             job = SyncJob(**{**fields, **values})
@@ -241,10 +252,11 @@ async def test_shutdown_releases_the_job_and_the_next_process_resumes_it(
     fake.faults.update({"delay_seconds": 0.2})
     async for bridge in open_bridge(settings):
         job_id = (await bridge.client.post("/sync/full", headers=ADMIN)).json()["job_id"]
-        for _ in range(100):
+        for _ in range(600):  # up to 30 s on a loaded machine: page 1 must be recorded first
             if (await bridge.job(job_id))["next_page"] >= 2:
                 break
             await asyncio.sleep(0.05)
+        assert (await bridge.job(job_id))["next_page"] >= 2
     fake.faults.update({"delay_seconds": 0})
     async for bridge in open_bridge(settings):  # stale_seconds is long: only the release lets it resume now
         job = await bridge.wait_finished(job_id)
@@ -255,10 +267,14 @@ async def test_shutdown_releases_the_job_and_the_next_process_resumes_it(
 # --- backpressure ------------------------------------------------------------------------------------
 
 
-async def test_paging_pauses_while_the_outbox_is_full(tmp_path: Path, caterings_url: str, fake: FakeCaterings) -> None:
+async def test_paging_pauses_while_the_outbox_is_full(
+    tmp_path: Path, caterings_url: str, fake: FakeCaterings
+) -> None:
     settings = sync_settings(tmp_path, caterings_url, sync_outbox_high_water=5)
     async for bridge in open_bridge(settings):
-        job_id = (await bridge.client.post("/sync/full", json={"orders": False}, headers=ADMIN)).json()["job_id"]
+        job_id = (await bridge.client.post("/sync/full", json={"orders": False}, headers=ADMIN)).json()[
+            "job_id"
+        ]
         await asyncio.sleep(0.8)
         job = await bridge.job(job_id)
         assert job["state"] == "running" and job["next_page"] == 2  # one page in, then waiting
