@@ -33,7 +33,9 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 def _request(method: str, url: str, token: str, **kwargs: Any) -> httpx.Response:
     try:
-        response = httpx.request(method, url, headers={"Authorization": f"Bearer {token}"}, timeout=60, **kwargs)
+        response = httpx.request(
+            method, url, headers={"Authorization": f"Bearer {token}"}, timeout=60, **kwargs
+        )
     except httpx.HTTPError as exc:
         raise _fail(f"cannot reach the bridge at {url}: {type(exc).__name__}") from None
     if response.status_code == 401:
@@ -51,8 +53,12 @@ def _detail(response: httpx.Response) -> str:
 
 def _line(job: dict[str, Any]) -> str:
     parts = [
-        f"job {job['id']} {job['state']}", f"phase={job['phase']}", f"next_page={job['next_page']}",
-        f"done={job['done']}", f"failed={job['failed']}", f"deliveries={job['deliveries']}",
+        f"job {job['id']} {job['state']}",
+        f"phase={job['phase']}",
+        f"next_page={job['next_page']}",
+        f"done={job['done']}",
+        f"failed={job['failed']}",
+        f"deliveries={job['deliveries']}",
     ]
     if job.get("total") is not None:
         parts.append(f"total={job['total']}")
@@ -67,7 +73,9 @@ def _summary(job: dict[str, Any]) -> None:
         typer.echo(f"last error: {job['last_error']}")
 
 
-def follow(base_url: str, token: str, job_id: int, *, interval: float = 1.0, tty: bool | None = None) -> dict[str, Any]:
+def follow(
+    base_url: str, token: str, job_id: int, *, interval: float = 1.0, tty: bool | None = None
+) -> dict[str, Any]:
     """Poll the job until it ends: a rich progress display on a terminal, log lines otherwise."""
     tty = sys.stdout.isatty() if tty is None else tty
     url = f"{base_url.rstrip('/')}/sync/jobs/{job_id}"
@@ -93,16 +101,28 @@ def follow(base_url: str, token: str, job_id: int, *, interval: float = 1.0, tty
     else:
         from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-        columns = (SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
-                   TextColumn("{task.fields[counts]}"), TimeElapsedColumn())  # fmt: skip
+        columns = (
+            SpinnerColumn(),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[counts]}"),
+            TimeElapsedColumn(),
+        )
         with Progress(*columns, transient=False) as progress:
             task = progress.add_task(f"job {job_id}", total=None, counts="")
             while True:
-                counts = (f"{job['phase']} page {job['next_page']}  done {job['done']}  failed {job['failed']}"
-                          f"  deliveries {job['deliveries']}")  # fmt: skip
+                counts = (
+                    f"{job['phase']} page {job['next_page']}  done {job['done']}  failed {job['failed']}"
+                    f"  deliveries {job['deliveries']}"
+                )
                 total = job["total"] if job["state"] in FINISHED else None
-                progress.update(task, description=f"job {job_id} {job['state']}", counts=counts,
-                                total=total, completed=job["done"] + job["failed"])  # fmt: skip
+                progress.update(
+                    task,
+                    description=f"job {job_id} {job['state']}",
+                    counts=counts,
+                    total=total,
+                    completed=job["done"] + job["failed"],
+                )
                 if job["state"] in FINISHED:
                     break
                 time.sleep(interval)
@@ -124,11 +144,17 @@ def sync_full(
     """Start a full sync (users, then orders) on a running bridge and follow it."""
     if not (users or orders):
         raise _fail("nothing to do: both --no-users and --no-orders given")
-    response = _request("POST", f"{url.rstrip('/')}/sync/full", token,
-                        json={"users": users, "orders": orders, "dry_run": dry_run})  # fmt: skip
+    response = _request(
+        "POST",
+        f"{url.rstrip('/')}/sync/full",
+        token,
+        json={"users": users, "orders": orders, "dry_run": dry_run},
+    )
     if response.status_code == 409:
         job_id = response.json().get("job_id")
-        raise _fail(f"a full sync is already running (job {job_id}); follow it with: bridge sync status {job_id}")
+        raise _fail(
+            f"a full sync is already running (job {job_id}); follow it with: bridge sync status {job_id}"
+        )
     if response.status_code != 202:
         raise _fail(f"HTTP {response.status_code}: {_detail(response)}")
     job_id = int(response.json()["job_id"])
@@ -165,8 +191,10 @@ def sync_feed(url: str = URL_OPTION, token: str = TOKEN_OPTION) -> None:
     if response.status_code != 200:
         raise _fail(f"HTTP {response.status_code}: {_detail(response)}")
     report = response.json()
-    typer.echo(f"feed: {report['items']} items, {report['sent']} sent, {report['unchanged']} unchanged, "
-               f"{report['deactivated']} deactivated")  # fmt: skip
+    typer.echo(
+        f"feed: {report['items']} items, {report['sent']} sent, {report['unchanged']} unchanged, "
+        f"{report['deactivated']} deactivated"
+    )
     for skipped in report["skipped"]:
         typer.echo(f"skipped item {skipped['position']} ({skipped['id'] or 'no id'}): {skipped['reason']}")
     for warning in report["warnings"]:
@@ -201,7 +229,12 @@ def import_orders_command(
         engine = create_engine(settings.database_url)
         try:
             return await import_orders(
-                create_session_factory(engine), orders, errors, tz=settings.tz, file_name=file.name, dry_run=dry_run
+                create_session_factory(engine),
+                orders,
+                errors,
+                tz=settings.tz,
+                file_name=file.name,
+                dry_run=dry_run,
             )
         finally:
             await engine.dispose()
@@ -212,8 +245,10 @@ def import_orders_command(
         typer.echo(f"{file.name}: {where}: {error.reason}", err=True)
     statuses = ", ".join(f"{count} {status}" for status, count in sorted(report.by_status.items())) or "none"
     verb = "would queue" if dry_run else "queued"
-    typer.echo(f"{report.imported} orders imported ({statuses}); {len(report.errors)} bad rows skipped; "
-               f"{report.deliveries} deliveries {verb}")  # fmt: skip
+    typer.echo(
+        f"{report.imported} orders imported ({statuses}); {len(report.errors)} bad rows skipped; "
+        f"{report.deliveries} deliveries {verb}"
+    )
     raise typer.Exit(0 if report.ok else 1)
 
 

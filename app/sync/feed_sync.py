@@ -151,8 +151,12 @@ async def apply_feed(session: AsyncSession, parsed: FeedResult) -> FeedReport:
 class FeedSync:
     """Runs feed syncs for one process: on demand and, when configured, every N seconds."""
 
-    def __init__(self, feed_url: str | None, sessions: async_sessionmaker[AsyncSession],
-                 wake_worker: Any = lambda: None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        feed_url: str | None,
+        sessions: async_sessionmaker[AsyncSession],
+        wake_worker: Any = lambda: None,
+    ) -> None:
         self.feed_url = feed_url
         self.sessions = sessions
         self.wake_worker = wake_worker
@@ -172,8 +176,13 @@ class FeedSync:
         if report.sent or report.deactivated:
             self.wake_worker()
         log.info(
-            "feed synced", items=report.items, sent=report.sent, unchanged=report.unchanged,
-            deactivated=report.deactivated, skipped=len(report.skipped), warnings=len(report.warnings),
+            "feed synced",
+            items=report.items,
+            sent=report.sent,
+            unchanged=report.unchanged,
+            deactivated=report.deactivated,
+            skipped=len(report.skipped),
+            warnings=len(report.warnings),
         )
         return report
 

@@ -103,7 +103,9 @@ class _JobFailed(Exception):
 
 
 async def running_job_id(session: AsyncSession, kind: str = FULL) -> int | None:
-    return await session.scalar(select(SyncJob.id).where(SyncJob.kind == kind, SyncJob.state == RUNNING).limit(1))
+    return await session.scalar(
+        select(SyncJob.id).where(SyncJob.kind == kind, SyncJob.state == RUNNING).limit(1)
+    )
 
 
 async def create_job(session: AsyncSession, options: FullSyncOptions, owner: str) -> SyncJob:
@@ -117,8 +119,17 @@ async def create_job(session: AsyncSession, options: FullSyncOptions, owner: str
     now = utcnow()
     phases = options.phases
     job = SyncJob(
-        kind=FULL, state=RUNNING, options=asdict(options), phase=phases[0], next_page=1, done=0, failed=0,
-        deliveries=0, started_at=now, heartbeat_at=now, owner=owner,
+        kind=FULL,
+        state=RUNNING,
+        options=asdict(options),
+        phase=phases[0],
+        next_page=1,
+        done=0,
+        failed=0,
+        deliveries=0,
+        started_at=now,
+        heartbeat_at=now,
+        owner=owner,
     )
     session.add(job)
     try:
@@ -134,8 +145,10 @@ async def claim_stale(session: AsyncSession, owner: str, stale_seconds: float) -
     One conditional UPDATE: when several processes try at once, the database lets one of them
     change the row and the others' condition no longer holds."""
     now = utcnow()
-    stale = (SyncJob.owner.is_(None)) | (SyncJob.heartbeat_at.is_(None)) | (
-        SyncJob.heartbeat_at < now - timedelta(seconds=stale_seconds)
+    stale = (
+        (SyncJob.owner.is_(None))
+        | (SyncJob.heartbeat_at.is_(None))
+        | (SyncJob.heartbeat_at < now - timedelta(seconds=stale_seconds))
     )
     candidate = await session.scalar(
         select(SyncJob.id).where(SyncJob.state == RUNNING, stale).order_by(SyncJob.id).limit(1)
@@ -157,7 +170,9 @@ def _ours(job_id: int, owner: str) -> Any:
 
 async def beat(session: AsyncSession, job_id: int, owner: str) -> bool:
     result = await session.execute(
-        update(SyncJob).where(_ours(job_id, owner)).values(heartbeat_at=utcnow())
+        update(SyncJob)
+        .where(_ours(job_id, owner))
+        .values(heartbeat_at=utcnow())
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1
@@ -165,20 +180,35 @@ async def beat(session: AsyncSession, job_id: int, owner: str) -> bool:
 
 async def note_error(session: AsyncSession, job_id: int, owner: str, error: str) -> None:
     await session.execute(
-        update(SyncJob).where(_ours(job_id, owner)).values(last_error=error[:ERROR_MAX], heartbeat_at=utcnow())
+        update(SyncJob)
+        .where(_ours(job_id, owner))
+        .values(last_error=error[:ERROR_MAX], heartbeat_at=utcnow())
         .execution_options(synchronize_session=False)
     )
 
 
 async def advance(
-    session: AsyncSession, job: SyncJob, owner: str, *, phase: str, next_page: int, done: int, failed: int,
-    deliveries: int, last_error: str | None, finished: bool,
+    session: AsyncSession,
+    job: SyncJob,
+    owner: str,
+    *,
+    phase: str,
+    next_page: int,
+    done: int,
+    failed: int,
+    deliveries: int,
+    last_error: str | None,
+    finished: bool,
 ) -> bool:
     """Record a page as done, only if the job is still ours and still at that page."""
     now = utcnow()
     values: dict[str, Any] = {
-        "phase": phase, "next_page": next_page, "done": SyncJob.done + done, "failed": SyncJob.failed + failed,
-        "deliveries": SyncJob.deliveries + deliveries, "heartbeat_at": now,
+        "phase": phase,
+        "next_page": next_page,
+        "done": SyncJob.done + done,
+        "failed": SyncJob.failed + failed,
+        "deliveries": SyncJob.deliveries + deliveries,
+        "heartbeat_at": now,
     }
     if last_error is not None:
         values["last_error"] = last_error[:ERROR_MAX]
@@ -196,9 +226,15 @@ async def advance(
 async def fail(session: AsyncSession, job_id: int, owner: str, error: str) -> None:
     now = utcnow()
     await session.execute(
-        update(SyncJob).where(_ours(job_id, owner))
-        .values(state=FAILED, finished_at=now, last_error=error[:ERROR_MAX], heartbeat_at=now,
-                total=SyncJob.done + SyncJob.failed)
+        update(SyncJob)
+        .where(_ours(job_id, owner))
+        .values(
+            state=FAILED,
+            finished_at=now,
+            last_error=error[:ERROR_MAX],
+            heartbeat_at=now,
+            total=SyncJob.done + SyncJob.failed,
+        )
         .execution_options(synchronize_session=False)
     )
 
@@ -206,7 +242,9 @@ async def fail(session: AsyncSession, job_id: int, owner: str, error: str) -> No
 async def release(session: AsyncSession, job_id: int, owner: str) -> None:
     """Graceful shutdown: give the job back so the next process resumes it without waiting."""
     await session.execute(
-        update(SyncJob).where(_ours(job_id, owner)).values(owner=None, heartbeat_at=None)
+        update(SyncJob)
+        .where(_ours(job_id, owner))
+        .values(owner=None, heartbeat_at=None)
         .execution_options(synchronize_session=False)
     )
 
@@ -232,7 +270,12 @@ async def resume_failed(session: AsyncSession, job_id: int) -> SyncJob:
 
 
 async def open_deliveries(session: AsyncSession) -> int:
-    return int(await session.scalar(select(func.count()).select_from(Delivery).where(Delivery.state.in_(OPEN_STATES))) or 0)
+    return int(
+        await session.scalar(
+            select(func.count()).select_from(Delivery).where(Delivery.state.in_(OPEN_STATES))
+        )
+        or 0
+    )
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -410,7 +453,9 @@ class SyncRunner:
                 await self._wait_for_outbox(job_id)
             items, next_page = await self._fetch(job, options.page_size)
             if next_page is not None and next_page <= job.next_page:
-                raise _JobFailed(f"Caterings answered next_page {next_page} for {job.phase} page {job.next_page}")
+                raise _JobFailed(
+                    f"Caterings answered next_page {next_page} for {job.phase} page {job.next_page}"
+                )
 
             batch = Batch()
             done = failed = 0
@@ -427,7 +472,7 @@ class SyncRunner:
             finished = False
             phase, page = job.phase, next_page
             if page is None:
-                following = phases[phases.index(job.phase) + 1:]
+                following = phases[phases.index(job.phase) + 1 :]
                 if following:
                     phase, page = following[0], 1
                 else:
@@ -438,16 +483,29 @@ class SyncRunner:
                 else:
                     deliveries = await batch.store(session)
                 moved = await advance(
-                    session, job, self.owner, phase=phase, next_page=page, done=done, failed=failed,
-                    deliveries=deliveries, last_error=last_error, finished=finished,
+                    session,
+                    job,
+                    self.owner,
+                    phase=phase,
+                    next_page=page,
+                    done=done,
+                    failed=failed,
+                    deliveries=deliveries,
+                    last_error=last_error,
+                    finished=finished,
                 )
                 if not moved:
                     raise _LostJob()  # rolls the page's deliveries back with it
             if deliveries:
                 self.wake_worker()
             bound.info(
-                "sync page stored", phase=job.phase, page=job.next_page, records=len(items), failed=failed,
-                deliveries=deliveries, dry_run=options.dry_run,
+                "sync page stored",
+                phase=job.phase,
+                page=job.next_page,
+                records=len(items),
+                failed=failed,
+                deliveries=deliveries,
+                dry_run=options.dry_run,
             )
             if finished:
                 bound.info("full sync finished")
@@ -464,7 +522,9 @@ class SyncRunner:
                     log.info("sync paging resumed", job_id=job_id, open_deliveries=open_now)
                 return
             if not waited:
-                log.info("sync paging paused: outbox is full", job_id=job_id, open_deliveries=open_now, limit=limit)
+                log.info(
+                    "sync paging paused: outbox is full", job_id=job_id, open_deliveries=open_now, limit=limit
+                )
                 waited = True
             await asyncio.sleep(min(0.2, self.settings.sync_heartbeat_seconds))  # an indexed count
 
@@ -478,14 +538,23 @@ class SyncRunner:
                 where = f"Caterings {job.phase} page {job.next_page}: {error}"
                 if not _retryable(error) or time.monotonic() > deadline:
                     raise _JobFailed(where) from None
-                wait = error.retry_after if error.retry_after is not None else delay * random.uniform(0.5, 1.0)
+                wait = (
+                    error.retry_after if error.retry_after is not None else delay * random.uniform(0.5, 1.0)
+                )
                 delay = min(delay * 2, FETCH_BACKOFF_CAP_SECONDS)
-                log.info("sync page fetch will be retried", job_id=job.id, error=str(error)[:200], wait=round(wait, 2))
+                log.info(
+                    "sync page fetch will be retried",
+                    job_id=job.id,
+                    error=str(error)[:200],
+                    wait=round(wait, 2),
+                )
                 async with self.sessions.begin() as session:
                     await note_error(session, job.id, self.owner, f"retrying: {where}")
                 await asyncio.sleep(wait)
             except ValueError as error:  # not JSON
-                raise _JobFailed(f"Caterings {job.phase} page {job.next_page}: unreadable answer ({error})") from None
+                raise _JobFailed(
+                    f"Caterings {job.phase} page {job.next_page}: unreadable answer ({error})"
+                ) from None
 
 
 __all__ = [

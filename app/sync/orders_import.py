@@ -64,7 +64,10 @@ async def import_orders(
         async with sessions.begin() as session:
             # The run is kept in the inbound log (counts only, no personal data); its deliveries point to it.
             inbound = InboundEvent(
-                source=SOURCE, external_id=None, event_type="orders.import", status="accepted",
+                source=SOURCE,
+                external_id=None,
+                event_type="orders.import",
+                status="accepted",
                 body={"file": file_name, "orders": len(orders), "bad_rows": len(errors)},
             )
             session.add(inbound)
@@ -72,7 +75,7 @@ async def import_orders(
             inbound_id = inbound.id
     for start in range(0, len(orders), CHUNK_ORDERS):
         batch = Batch()
-        for order in orders[start:start + CHUNK_ORDERS]:
+        for order in orders[start : start + CHUNK_ORDERS]:
             try:
                 batch.extend(plan_order_record(order, tz=tz))
             except InvalidRecord as exc:

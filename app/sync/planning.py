@@ -114,7 +114,9 @@ class Batch:
         keys = {d.dedupe_key for d in self.planned if d.dedupe_key}
         fired: set[str] = set()
         if keys:
-            fired = set((await session.execute(select(BusinessFact.key).where(BusinessFact.key.in_(keys)))).scalars())
+            fired = set(
+                (await session.execute(select(BusinessFact.key).where(BusinessFact.key.in_(keys)))).scalars()
+            )
         kept: list[PlannedDelivery] = []
         last: dict[tuple[str, str], str | None] = dict(confirmed)
         for delivery in self.planned:

@@ -39,7 +39,9 @@ async def sync_background(services: Services) -> AsyncIterator[SyncRuntime]:
     )
     tasks = [asyncio.create_task(runtime.runner.supervise(), name="sync-supervisor")]
     if settings.feed_sync_interval_seconds > 0 and settings.caterings_feed_url:
-        tasks.append(asyncio.create_task(runtime.feed.every(settings.feed_sync_interval_seconds), name="feed-sync"))
+        tasks.append(
+            asyncio.create_task(runtime.feed.every(settings.feed_sync_interval_seconds), name="feed-sync")
+        )
     try:
         yield runtime
     finally:

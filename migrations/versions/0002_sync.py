@@ -32,8 +32,11 @@ def upgrade() -> None:
     with op.batch_alter_table("sync_jobs", schema=None) as batch_op:
         batch_op.add_column(sa.Column("deliveries", sa.Integer(), server_default="0", nullable=False))
         batch_op.create_index(
-            "ux_sync_jobs_one_running", ["kind"], unique=True,
-            sqlite_where=sa.text("state = 'running'"), postgresql_where=sa.text("state = 'running'"),
+            "ux_sync_jobs_one_running",
+            ["kind"],
+            unique=True,
+            sqlite_where=sa.text("state = 'running'"),
+            postgresql_where=sa.text("state = 'running'"),
         )
 
 

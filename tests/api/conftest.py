@@ -56,3 +56,7 @@ def services(app: FastAPI) -> Services:
 @pytest.fixture
 def admin() -> dict[str, str]:
     return {"Authorization": f"Bearer {p.ADMIN_TOKEN}"}
+
+
+# The sync tests' fixtures: the bridge in-process against a fake Caterings on loopback.
+from tests.api.sync_support import bridge, caterings_app, caterings_url, fake  # noqa: E402, F401

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -13,16 +12,7 @@ from app import idmap
 from app.delivery.plan import PRODUCT_UPSERT
 from app.fakes.caterings import FakeCaterings
 from app.models import Delivery
-from tests.api.sync_support import (  # noqa: F401  (fixtures)
-    ADMIN,
-    Bridge,
-    bridge,
-    caterings_app,
-    caterings_url,
-    fake,
-    open_bridge,
-    sync_settings,
-)
+from tests.api.sync_support import ADMIN, Bridge, open_bridge, sync_settings
 
 SAMPLE_FEED = (Path(__file__).resolve().parents[2] / "samples" / "feed.xml").read_bytes()
 
@@ -38,8 +28,14 @@ async def confirm_all(bridge: Bridge) -> None:
         for delivery in await queued(bridge):
             if delivery.state == "pending":
                 body = delivery.payload["body"]
-                await idmap.remember(session, idmap.PRODUCT, delivery.payload["custom_id"], usercom_id=1,
-                                     sent_hash=idmap.payload_hash(body), active=body.get("active"))  # fmt: skip
+                await idmap.remember(
+                    session,
+                    idmap.PRODUCT,
+                    delivery.payload["custom_id"],
+                    usercom_id=1,
+                    sent_hash=idmap.payload_hash(body),
+                    active=body.get("active"),
+                )
                 delivery.state = "done"
                 session.add(delivery)
 
@@ -64,7 +60,12 @@ async def test_feed_items_become_product_upserts_and_unchanged_ones_are_not_sent
     bodies = {d.payload["custom_id"]: d.payload["body"] for d in deliveries}
     office = bodies["12-3-41"]
     assert (office["name"], office["price"], office["kcal"], office["daily_meals"], office["active"]) == (
-        "Office 800 kcal", 79.98, 800, 3, True)
+        "Office 800 kcal",
+        79.98,
+        800,
+        3,
+        True,
+    )
     assert office["product_url"].endswith("/diety/office?kcal=800")
     assert (bodies["9-2-30"]["price"], bodies["9-2-30"]["active"]) == (59.9, True)
     assert bodies["20-4-90"]["active"] is False
@@ -91,7 +92,11 @@ async def test_an_item_gone_from_the_feed_is_set_inactive_once(bridge: Bridge, f
 
     report = await sync(bridge)
     assert (report["sent"], report["unchanged"], report["deactivated"], report["deactivated_ids"]) == (
-        0, 4, 1, ["15-1-77"])
+        0,
+        4,
+        1,
+        ["15-1-77"],
+    )
     last = (await queued(bridge))[-1]
     assert (last.lane, last.payload["body"]) == ("product:15-1-77", {"custom_id": "15-1-77", "active": False})
 
@@ -128,7 +133,9 @@ async def test_skipped_items_and_warnings_are_reported(bridge: Bridge, fake: Fak
 
 
 @pytest.mark.parametrize("problem", ["down", "not xml", "entities"])
-async def test_an_unusable_feed_is_502_and_queues_nothing(bridge: Bridge, fake: FakeCaterings, problem: str) -> None:
+async def test_an_unusable_feed_is_502_and_queues_nothing(
+    bridge: Bridge, fake: FakeCaterings, problem: str
+) -> None:
     if problem == "down":
         fake.faults.update({"down": True})
     elif problem == "not xml":

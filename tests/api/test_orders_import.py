@@ -53,7 +53,9 @@ def confirm_all(url: str) -> None:
         engine = create_engine(url)
         try:
             async with create_session_factory(engine).begin() as session:
-                for d in (await session.execute(select(Delivery).where(Delivery.state == "pending"))).scalars():
+                for d in (
+                    await session.execute(select(Delivery).where(Delivery.state == "pending"))
+                ).scalars():
                     if d.kind == USER_UPSERT:
                         key = (idmap.USER, str(d.payload["body"]["custom_id"]))
                     elif d.kind == PRODUCT_UPSERT:
@@ -61,7 +63,9 @@ def confirm_all(url: str) -> None:
                     else:
                         key = None
                     if key:
-                        await idmap.remember(session, *key, usercom_id=1, sent_hash=idmap.payload_hash(d.payload["body"]))
+                        await idmap.remember(
+                            session, *key, usercom_id=1, sent_hash=idmap.payload_hash(d.payload["body"])
+                        )
                     d.state = "done"
         finally:
             await engine.dispose()
@@ -70,7 +74,11 @@ def confirm_all(url: str) -> None:
 
 
 def events(deliveries: list[Delivery]) -> list[tuple[str, str]]:
-    return [(d.payload["product_custom_id"], d.payload["body"]["event_type"]) for d in deliveries if d.kind == PRODUCT_EVENT]
+    return [
+        (d.payload["product_custom_id"], d.payload["body"]["event_type"])
+        for d in deliveries
+        if d.kind == PRODUCT_EVENT
+    ]
 
 
 def variants(deliveries: list[Delivery]) -> dict[str, dict[str, Any]]:
@@ -85,11 +93,16 @@ def test_both_samples_import_paid_and_cancelled_orders_and_report_line_5(databas
     assert "3 orders imported (1 cancelled, 2 paid); 1 bad rows skipped" in result.stdout
 
     deliveries = outbox(database)
-    assert sorted(events(deliveries)) == sorted([
-        ("12-3-41", "purchase"), ("12_3_41_41001", "reservation"),
-        ("15-1-77", "purchase"), ("15_1_77_41002", "reservation"),
-        ("9-2-30", "purchase"), ("9_2_30_41002", "reservation"),
-    ])  # fmt: skip
+    assert sorted(events(deliveries)) == sorted(
+        [
+            ("12-3-41", "purchase"),
+            ("12_3_41_41001", "reservation"),
+            ("15-1-77", "purchase"),
+            ("15_1_77_41002", "reservation"),
+            ("9-2-30", "purchase"),
+            ("9_2_30_41002", "reservation"),
+        ]
+    )
     bodies = variants(deliveries)
     assert set(bodies) == {"12_3_41_41001", "15_1_77_41002", "9_2_30_41002", "20_4_90_41004"}
     assert bodies["9_2_30_41002"]["trial"] is True and bodies["9_2_30_41002"]["price"] == 59.9

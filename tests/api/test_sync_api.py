@@ -18,16 +18,7 @@ from app.fakes.caterings import FakeCaterings
 from app.models import Delivery, SyncJob, utcnow
 from app.settings import Settings
 from app.sync import jobs
-from tests.api.sync_support import (  # noqa: F401  (fixtures)
-    ADMIN,
-    Bridge,
-    bridge,
-    caterings_app,
-    caterings_url,
-    fake,
-    open_bridge,
-    sync_settings,
-)
+from tests.api.sync_support import ADMIN, Bridge, open_bridge, sync_settings
 from tests.support import processes as p
 
 # --- starting, reading, refusing -----------------------------------------------------------------
@@ -231,8 +222,15 @@ async def test_a_page_is_recorded_only_by_the_owner_at_that_page(tmp_path: Path,
         async with sessions.begin() as session:
             job = await session.get(SyncJob, job_id)
             assert job is not None
-            step = {"phase": "users", "next_page": 2, "done": 10, "failed": 0, "deliveries": 10,
-                    "last_error": None, "finished": False}  # fmt: skip
+            step = {
+                "phase": "users",
+                "next_page": 2,
+                "done": 10,
+                "failed": 0,
+                "deliveries": 10,
+                "last_error": None,
+                "finished": False,
+            }
             assert not await jobs.advance(session, job, "someone-else", **step)
             assert await jobs.advance(session, job, "me", **step)
             assert not await jobs.advance(session, job, "me", **step)  # the same page twice: refused

@@ -16,14 +16,7 @@ from app.fakes.caterings import FakeCaterings
 from app.models import Delivery, SyncJob, utcnow
 from app.sync import jobs
 from app.sync.orders_import import import_orders, read_export
-from tests.api.sync_support import (  # noqa: F401  (fixtures)
-    ADMIN,
-    caterings_app,
-    caterings_url,
-    fake,
-    open_bridge,
-    sync_settings,
-)
+from tests.api.sync_support import ADMIN, open_bridge, sync_settings
 
 pytestmark = pytest.mark.postgres
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
@@ -50,10 +43,13 @@ async def test_full_sync_feed_and_import_on_postgresql(
         assert [e.line for e in first.errors] == [5]
         assert first.deliveries > again.deliveries  # facts fire once
         async with bridge.sessions() as session:
-            events = (await session.execute(
-                select(func.count()).select_from(Delivery).where(
-                    Delivery.kind == PRODUCT_EVENT, Delivery.lane.in_(["user:1043", "user:2210"]))
-            )).scalar_one()  # fmt: skip
+            events = (
+                await session.execute(
+                    select(func.count())
+                    .select_from(Delivery)
+                    .where(Delivery.kind == PRODUCT_EVENT, Delivery.lane.in_(["user:1043", "user:2210"]))
+                )
+            ).scalar_one()
         assert events >= 6
 
 
@@ -68,8 +64,19 @@ async def test_one_of_many_connections_claims_a_stale_job_on_postgresql(
     sessions = create_session_factory(engine)
     try:
         async with sessions.begin() as session:
-            job = SyncJob(kind="full", state="running", options={}, phase="users", next_page=4, done=0, failed=0,
-                          deliveries=0, started_at=utcnow(), owner="dead", heartbeat_at=utcnow() - timedelta(hours=1))  # fmt: skip
+            job = SyncJob(
+                kind="full",
+                state="running",
+                options={},
+                phase="users",
+                next_page=4,
+                done=0,
+                failed=0,
+                deliveries=0,
+                started_at=utcnow(),
+                owner="dead",
+                heartbeat_at=utcnow() - timedelta(hours=1),
+            )
             session.add(job)
 
         async def claim(owner: str) -> Any:

@@ -53,7 +53,9 @@ def job_of(bridge_url: str, job_id: int) -> dict[str, Any]:
 def wait_job(bridge_url: str, job_id: int, timeout: float = 60) -> dict[str, Any]:
     return p.wait_until(
         lambda: (job := job_of(bridge_url, job_id))["state"] in ("done", "failed") and job,
-        timeout=timeout, interval=0.2, what=f"sync job {job_id} to end",
+        timeout=timeout,
+        interval=0.2,
+        what=f"sync job {job_id} to end",
     )
 
 
@@ -70,7 +72,9 @@ def usercom_requests(url: str) -> int:
 
 def expected_from_caterings(users: int, orders: int, seed: int = 1) -> dict[str, Any]:
     """What User.com must hold after a full sync, computed from the fake's own (pure) data."""
-    fake = FakeCaterings(token="t", brand_id=None, users=users, orders=orders, seed=seed, rate_limit=None, feed=b"")
+    fake = FakeCaterings(
+        token="t", brand_id=None, users=users, orders=orders, seed=seed, rate_limit=None, feed=b""
+    )
 
     def every(page_of: Any) -> Iterator[dict[str, Any]]:
         page: int | None = 1
@@ -95,12 +99,17 @@ def expected_from_caterings(users: int, orders: int, seed: int = 1) -> dict[str,
     return {"users": user_ids, "reservations": reservations, "purchases": purchases, "inactive": inactive}
 
 
-def check_everything_arrived(state: dict[str, Any], expected: dict[str, Any], *, after_kill: bool = False) -> None:
+def check_everything_arrived(
+    state: dict[str, Any], expected: dict[str, Any], *, after_kill: bool = False
+) -> None:
     assert expected["users"] <= set(state["users"])
-    reservations = Counter(e["product_custom_id"] for e in state["product_events"] if e["event_type"] == "reservation")
+    reservations = Counter(
+        e["product_custom_id"] for e in state["product_events"] if e["event_type"] == "reservation"
+    )
     purchases = Counter(
         (e["product_custom_id"], e["data"]["custom_data"]["variant_custom_id"])
-        for e in state["product_events"] if e["event_type"] == "purchase"
+        for e in state["product_events"]
+        if e["event_type"] == "purchase"
     )
     assert set(reservations) == expected["reservations"]
     assert set(purchases) == expected["purchases"]
@@ -114,14 +123,18 @@ def check_everything_arrived(state: dict[str, Any], expected: dict[str, Any], *,
     # two deliveries creating the same new diet-simple at once (it then sends its event anyway);
     # after a SIGKILL, the calls it cut off have no answer (status None).
     allowed = {404, None} if after_kill else {404}
-    assert [r for r in state["rejected"] if r["status"] not in allowed and "already exists" not in r["reason"]] == []
+    assert [
+        r for r in state["rejected"] if r["status"] not in allowed and "already exists" not in r["reason"]
+    ] == []
 
 
 # --- product feed ---------------------------------------------------------------------------------
 
 
 def test_feed_sync_sends_changed_diet_simples_only(
-    bridge_factory, fake_caterings: p.ServerProcess, fake_usercom: p.ServerProcess  # type: ignore[no-untyped-def]
+    bridge_factory,
+    fake_caterings: p.ServerProcess,
+    fake_usercom: p.ServerProcess,  # type: ignore[no-untyped-def]
 ) -> None:
     bridge = bridge_factory(**FAST)
     report = post(f"{bridge.url}/sync/feed").json()
@@ -145,14 +158,17 @@ def test_feed_sync_sends_changed_diet_simples_only(
     feed = (SAMPLES / "feed.xml").read_bytes()
     start = feed.index(b"<item>\n      <g:id>15-1-77")
     end = feed.index(b"</item>", start) + len(b"</item>")
-    httpx.put(f"{fake_caterings.url}/_fake/feed", content=feed[:start] + feed[end:], timeout=10).raise_for_status()
+    httpx.put(
+        f"{fake_caterings.url}/_fake/feed", content=feed[:start] + feed[end:], timeout=10
+    ).raise_for_status()
     gone = post(f"{bridge.url}/sync/feed").json()
     assert (gone["sent"], gone["deactivated_ids"]) == (0, ["15-1-77"])
     p.wait_until(lambda: p.drained(bridge.url), what="outbox drained")
     after = p.fake_state(fake_usercom.url)
     assert after["products"]["15-1-77"]["active"] is False
     assert {k: v for k, v in after["products"].items() if k != "15-1-77"} == {
-        k: v for k, v in products.items() if k != "15-1-77"}
+        k: v for k, v in products.items() if k != "15-1-77"
+    }
     assert after["request_count"] == calls + 1  # one PUT for the one product that left
 
 
@@ -161,8 +177,12 @@ def test_feed_sync_sends_changed_diet_simples_only(
 
 def import_orders(env: dict[str, str], path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", "import-orders", str(path)], cwd=p.PROJECT_ROOT, env=env,
-        capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "app.cli", "import-orders", str(path)],
+        cwd=p.PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -177,13 +197,23 @@ def test_orders_import_reaches_usercom_once(bridge_factory, fake_usercom: p.Serv
 
     state = p.fake_state(fake_usercom.url)
     kinds = Counter((e["product_custom_id"], e["event_type"]) for e in state["product_events"])
-    assert kinds == Counter({
-        ("12-3-41", "purchase"): 1, ("12_3_41_41001", "reservation"): 1,
-        ("15-1-77", "purchase"): 1, ("15_1_77_41002", "reservation"): 1,
-        ("9-2-30", "purchase"): 1, ("9_2_30_41002", "reservation"): 1,
-    })  # fmt: skip
+    assert kinds == Counter(
+        {
+            ("12-3-41", "purchase"): 1,
+            ("12_3_41_41001", "reservation"): 1,
+            ("15-1-77", "purchase"): 1,
+            ("15_1_77_41002", "reservation"): 1,
+            ("9-2-30", "purchase"): 1,
+            ("9_2_30_41002", "reservation"): 1,
+        }
+    )
     trial = state["products"]["9_2_30_41002"]
-    assert (trial["trial"], trial["price"], trial["active"], trial["purchase_id"]) == (True, 59.9, True, "41002")
+    assert (trial["trial"], trial["price"], trial["active"], trial["purchase_id"]) == (
+        True,
+        59.9,
+        True,
+        "41002",
+    )
     keto = state["products"]["20_4_90_41004"]
     assert keto["active"] is False
     assert {"1043", "2210", "4120"} <= set(state["users"])
@@ -212,7 +242,9 @@ def test_orders_import_reaches_usercom_once(bridge_factory, fake_usercom: p.Serv
 
 @pytest.mark.parametrize("fake_caterings", [{"users": 30, "orders": 30}], indirect=True)
 def test_dry_run_sends_nothing_and_a_second_start_is_409(
-    bridge_factory, fake_caterings: p.ServerProcess, fake_usercom: p.ServerProcess  # type: ignore[no-untyped-def]
+    bridge_factory,
+    fake_caterings: p.ServerProcess,
+    fake_usercom: p.ServerProcess,  # type: ignore[no-untyped-def]
 ) -> None:
     bridge = bridge_factory(SYNC_PAGE_SIZE="10", **FAST)
     p.fake_config(fake_caterings.url, delay_seconds=0.3)
@@ -229,8 +261,22 @@ def test_dry_run_sends_nothing_and_a_second_start_is_409(
     assert p.outbox_summary(bridge.url) == {}
 
     status = subprocess.run(
-        [sys.executable, "-m", "app.cli", "sync", "status", str(job["id"]), "--url", bridge.url, "--token", p.ADMIN_TOKEN],
-        cwd=p.PROJECT_ROOT, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "sync",
+            "status",
+            str(job["id"]),
+            "--url",
+            bridge.url,
+            "--token",
+            p.ADMIN_TOKEN,
+        ],
+        cwd=p.PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert status.returncode == 0, status.stderr
     assert status.stdout.startswith(f"job {job['id']} done phase=orders") and "dry_run" in status.stdout
@@ -238,7 +284,9 @@ def test_dry_run_sends_nothing_and_a_second_start_is_409(
 
 @pytest.mark.parametrize("fake_caterings", [{"users": USERS, "orders": ORDERS}], indirect=True)
 def test_full_sync_brings_every_user_and_order_to_usercom(
-    bridge_factory, fake_caterings: p.ServerProcess, fake_usercom: p.ServerProcess  # type: ignore[no-untyped-def]
+    bridge_factory,
+    fake_caterings: p.ServerProcess,
+    fake_usercom: p.ServerProcess,  # type: ignore[no-untyped-def]
 ) -> None:
     bridge = bridge_factory(**FAST)
     started = post(f"{bridge.url}/sync/full")
@@ -255,7 +303,10 @@ def test_full_sync_brings_every_user_and_order_to_usercom(
 
 @pytest.mark.parametrize("fake_caterings", [{"users": USERS, "orders": ORDERS}], indirect=True)
 def test_a_killed_sync_resumes_from_its_page_after_a_restart(
-    bridge_factory, fake_caterings: p.ServerProcess, fake_usercom: p.ServerProcess, tmp_path: Path  # type: ignore[no-untyped-def]
+    bridge_factory,
+    fake_caterings: p.ServerProcess,
+    fake_usercom: p.ServerProcess,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     settings = {"SYNC_PAGE_SIZE": "20", "SYNC_HEARTBEAT_SECONDS": "0.5", "SYNC_STALE_SECONDS": "2", **FAST}
     bridge = bridge_factory(**settings)
@@ -279,4 +330,6 @@ def test_a_killed_sync_resumes_from_its_page_after_a_restart(
     p.wait_until(lambda: p.drained(restarted.url), timeout=60, what="outbox drained")
     # A delivery in flight at the kill is made again after its lease expires (at least once).
     assert p.outbox_summary(restarted.url).get("dead", 0) == 0
-    check_everything_arrived(p.fake_state(fake_usercom.url), expected_from_caterings(USERS, ORDERS), after_kill=True)
+    check_everything_arrived(
+        p.fake_state(fake_usercom.url), expected_from_caterings(USERS, ORDERS), after_kill=True
+    )

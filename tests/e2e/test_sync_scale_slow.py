@@ -19,7 +19,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.test_sync_e2e import ADMIN, check_everything_arrived, expected_from_caterings, job_of, stored_job
+from tests.e2e.test_sync_e2e import (
+    ADMIN,
+    check_everything_arrived,
+    expected_from_caterings,
+    job_of,
+    stored_job,
+)
 from tests.support import processes as p
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -82,9 +88,15 @@ def test_twenty_thousand_users_and_orders_arrive_once_killed_halfway(tmp_path: P
     caterings = p.fake_caterings(users=USERS, orders=ORDERS, log_path=tmp_path / "fake-caterings.log").start()
     servers = [usercom, caterings]
     env = p.bridge_env(
-        f"sqlite+aiosqlite:///{tmp_path / 'bridge.db'}", usercom.url, caterings.url,
-        USERCOM_RATE_LIMIT=str(RATE), CATERINGS_RATE_LIMIT="50", SYNC_PAGE_SIZE="200",
-        SYNC_HEARTBEAT_SECONDS="1", SYNC_STALE_SECONDS="5", LOG_LEVEL="WARNING",
+        f"sqlite+aiosqlite:///{tmp_path / 'bridge.db'}",
+        usercom.url,
+        caterings.url,
+        USERCOM_RATE_LIMIT=str(RATE),
+        CATERINGS_RATE_LIMIT="50",
+        SYNC_PAGE_SIZE="200",
+        SYNC_HEARTBEAT_SECONDS="1",
+        SYNC_STALE_SECONDS="5",
+        LOG_LEVEL="WARNING",
     )
     figures: dict[str, Any] = {"users": USERS, "orders": ORDERS, "rate_limit": RATE}
     try:
@@ -98,14 +110,18 @@ def test_twenty_thousand_users_and_orders_arrive_once_killed_halfway(tmp_path: P
         job_id = httpx.post(f"{bridge.url}/sync/full", headers=ADMIN, timeout=30).json()["job_id"]
 
         half = (USERS + 4 + ORDERS) // 2
-        p.wait_until(lambda: job_of(bridge.url, job_id)["done"] >= half, timeout=7200, interval=1, what="half way")
+        p.wait_until(
+            lambda: job_of(bridge.url, job_id)["done"] >= half, timeout=7200, interval=1, what="half way"
+        )
         bridge.kill()
         samples = sampler.stop()
         figures["killed_after_s"] = round(time.monotonic() - started)
         time.sleep(0.5)
         served_before = len(p.fake_state(caterings.url)["pages"])
         at_kill = stored_job(tmp_path / "bridge.db", job_id)
-        figures["killed_at"] = f"{at_kill['phase']} page {at_kill['next_page']}, {at_kill['done']} records done"
+        figures["killed_at"] = (
+            f"{at_kill['phase']} page {at_kill['next_page']}, {at_kill['done']} records done"
+        )
 
         restarted = p.bridge(env, log_path=tmp_path / "bridge-1.log").start()
         servers.append(restarted)
@@ -115,7 +131,9 @@ def test_twenty_thousand_users_and_orders_arrive_once_killed_halfway(tmp_path: P
         sampler.start()
         job = p.wait_until(
             lambda: (j := job_of(restarted.url, job_id))["state"] in ("done", "failed") and j,
-            timeout=10800, interval=1, what="the job to end",
+            timeout=10800,
+            interval=1,
+            what="the job to end",
         )
         figures["job_s"] = round(time.monotonic() - started)
         p.wait_until(lambda: p.drained(restarted.url), timeout=10800, interval=2, what="outbox drained")

@@ -29,14 +29,19 @@ async def ctx(sessions):  # type: ignore[no-untyped-def]
 
 
 async def perform(ctx: HandlerContext) -> str:
-    delivery = Delivery(id=1, kind=plan.PRODUCT_EVENT, target="usercom", lane="user:1043", payload=PAYLOAD, attempts=0)
+    delivery = Delivery(
+        id=1, kind=plan.PRODUCT_EVENT, target="usercom", lane="user:1043", payload=PAYLOAD, attempts=0
+    )
     return await HANDLERS[plan.PRODUCT_EVENT](ctx, delivery)
 
 
 @respx.mock(base_url=BASE, assert_all_called=False)
 async def test_a_product_created_by_another_delivery_meanwhile_gets_the_event(respx_mock, ctx) -> None:  # type: ignore[no-untyped-def]
     event = respx_mock.post("products-by-id/12-3-41/product_event/")
-    event.side_effect = [httpx.Response(404, json={"detail": "Not found."}), httpx.Response(201, json={"id": 9})]
+    event.side_effect = [
+        httpx.Response(404, json={"detail": "Not found."}),
+        httpx.Response(201, json={"id": 9}),
+    ]
     respx_mock.get("products-by-id/12-3-41/details/").respond(200, json={"id": 3})  # exists by now
     create = respx_mock.post("products/")
     assert await perform(ctx) == "sent_on_second_try"
@@ -46,10 +51,18 @@ async def test_a_product_created_by_another_delivery_meanwhile_gets_the_event(re
 @respx.mock(base_url=BASE, assert_all_called=False)
 async def test_losing_the_race_to_create_the_product_is_not_an_error(respx_mock, ctx) -> None:  # type: ignore[no-untyped-def]
     event = respx_mock.post("products-by-id/12-3-41/product_event/")
-    event.side_effect = [httpx.Response(404, json={"detail": "Not found."}), httpx.Response(201, json={"id": 9})]
+    event.side_effect = [
+        httpx.Response(404, json={"detail": "Not found."}),
+        httpx.Response(201, json={"id": 9}),
+    ]
     details = respx_mock.get("products-by-id/12-3-41/details/")
-    details.side_effect = [httpx.Response(404, json={"detail": "Not found."}), httpx.Response(200, json={"id": 3})]
-    respx_mock.post("products/").respond(400, json={"errors": {"custom_id": ["product with this custom_id already exists."]}})
+    details.side_effect = [
+        httpx.Response(404, json={"detail": "Not found."}),
+        httpx.Response(200, json={"id": 3}),
+    ]
+    respx_mock.post("products/").respond(
+        400, json={"errors": {"custom_id": ["product with this custom_id already exists."]}}
+    )
     assert await perform(ctx) == "sent_after_create"
     assert event.call_count == 2
 

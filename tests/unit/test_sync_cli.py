@@ -17,8 +17,19 @@ TOKEN = ["--url", BRIDGE, "--token", "admin-t"]
 
 
 def job(state: str, **changes: Any) -> dict[str, Any]:
-    base = {"id": 7, "kind": "full", "state": state, "phase": "users", "next_page": 3, "done": 200, "failed": 1,
-            "total": None, "deliveries": 230, "dry_run": False, "last_error": None}  # fmt: skip
+    base = {
+        "id": 7,
+        "kind": "full",
+        "state": state,
+        "phase": "users",
+        "next_page": 3,
+        "done": 200,
+        "failed": 1,
+        "total": None,
+        "deliveries": 230,
+        "dry_run": False,
+        "last_error": None,
+    }
     base.update(changes)
     return base
 
@@ -37,11 +48,13 @@ def invoke(*args: str) -> Any:
 @respx.mock(assert_all_called=False)
 def test_full_starts_a_job_and_follows_it_to_the_end(respx_mock) -> None:  # type: ignore[no-untyped-def]
     start = respx_mock.post(f"{BRIDGE}/sync/full").respond(202, json={"job_id": 7})
-    respx_mock.get(f"{BRIDGE}/sync/jobs/7").mock(side_effect=[
-        httpx.Response(200, json=job("running")),
-        httpx.Response(200, json=job("running", phase="orders", next_page=1, done=400)),
-        httpx.Response(200, json=job("done", phase="orders", next_page=2, done=500, total=501)),
-    ])  # fmt: skip
+    respx_mock.get(f"{BRIDGE}/sync/jobs/7").mock(
+        side_effect=[
+            httpx.Response(200, json=job("running")),
+            httpx.Response(200, json=job("running", phase="orders", next_page=1, done=400)),
+            httpx.Response(200, json=job("done", phase="orders", next_page=2, done=500, total=501)),
+        ]
+    )
     result = invoke("full", "--no-users", "--dry-run", *TOKEN)
     assert result.exit_code == 0, result.output
     assert start.calls.last.request.headers["authorization"] == "Bearer admin-t"
@@ -54,7 +67,9 @@ def test_full_starts_a_job_and_follows_it_to_the_end(respx_mock) -> None:  # typ
 
 @respx.mock(assert_all_called=False)
 def test_status_of_a_failed_job_exits_1_and_shows_the_error(respx_mock) -> None:  # type: ignore[no-untyped-def]
-    respx_mock.get(f"{BRIDGE}/sync/jobs/7").respond(200, json=job("failed", last_error="Caterings users page 3: 401"))
+    respx_mock.get(f"{BRIDGE}/sync/jobs/7").respond(
+        200, json=job("failed", last_error="Caterings users page 3: 401")
+    )
     result = invoke("status", "7", *TOKEN)
     assert result.exit_code == 1
     assert "last error: Caterings users page 3: 401" in result.stdout
@@ -70,7 +85,9 @@ def test_status_without_following_a_running_job_exits_0(respx_mock) -> None:  # 
 
 @respx.mock(assert_all_called=False)
 def test_a_running_job_a_wrong_token_and_an_unreachable_bridge_exit_2(respx_mock) -> None:  # type: ignore[no-untyped-def]
-    respx_mock.post(f"{BRIDGE}/sync/full").respond(409, json={"detail": "a full sync is already running", "job_id": 3})
+    respx_mock.post(f"{BRIDGE}/sync/full").respond(
+        409, json={"detail": "a full sync is already running", "job_id": 3}
+    )
     busy = invoke("full", *TOKEN)
     assert busy.exit_code == 2 and "bridge sync status 3" in busy.stderr
     respx_mock.get(f"{BRIDGE}/sync/jobs/3").respond(401, json={"detail": "admin token missing or wrong"})
@@ -91,9 +108,12 @@ def test_the_token_is_required_and_nothing_to_do_is_refused() -> None:
 
 @respx.mock(assert_all_called=False)
 def test_on_a_terminal_the_job_is_shown_as_a_progress_display(respx_mock, capsys) -> None:  # type: ignore[no-untyped-def]
-    respx_mock.get(f"{BRIDGE}/sync/jobs/7").mock(side_effect=[
-        httpx.Response(200, json=job("running")), httpx.Response(200, json=job("done", total=201)),
-    ])  # fmt: skip
+    respx_mock.get(f"{BRIDGE}/sync/jobs/7").mock(
+        side_effect=[
+            httpx.Response(200, json=job("running")),
+            httpx.Response(200, json=job("done", total=201)),
+        ]
+    )
     final = sync_cli.follow(BRIDGE, "admin-t", 7, interval=0, tty=True)
     assert final["state"] == "done"
     assert "job 7 done" in capsys.readouterr().out
@@ -101,11 +121,19 @@ def test_on_a_terminal_the_job_is_shown_as_a_progress_display(respx_mock, capsys
 
 @respx.mock(assert_all_called=False)
 def test_feed_prints_the_report(respx_mock) -> None:  # type: ignore[no-untyped-def]
-    respx_mock.post(f"{BRIDGE}/sync/feed").respond(200, json={
-        "items": 5, "sent": 1, "unchanged": 4, "deactivated": 0, "sent_ids": ["9-2-30"], "deactivated_ids": [],
-        "skipped": [{"position": 6, "id": None, "reason": "no g:id"}],
-        "warnings": [{"position": 2, "id": "9-2-30", "reason": "price 'x' is not a number"}],
-    })  # fmt: skip
+    respx_mock.post(f"{BRIDGE}/sync/feed").respond(
+        200,
+        json={
+            "items": 5,
+            "sent": 1,
+            "unchanged": 4,
+            "deactivated": 0,
+            "sent_ids": ["9-2-30"],
+            "deactivated_ids": [],
+            "skipped": [{"position": 6, "id": None, "reason": "no g:id"}],
+            "warnings": [{"position": 2, "id": "9-2-30", "reason": "price 'x' is not a number"}],
+        },
+    )
     result = invoke("feed", *TOKEN)
     assert result.exit_code == 0
     assert result.stdout.splitlines() == [
