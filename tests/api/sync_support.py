@@ -77,7 +77,7 @@ class Bridge:
         assert response.status_code == 200, response.text
         return response.json()
 
-    async def wait_finished(self, job_id: int, timeout: float = 20) -> dict[str, Any]:
+    async def wait_finished(self, job_id: int, timeout: float = 60) -> dict[str, Any]:
         for _ in range(int(timeout / 0.05)):
             job = await self.job(job_id)
             if job["state"] in ("done", "failed"):
