@@ -6,10 +6,11 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import structlog
 from fastapi import APIRouter, Body, HTTPException, Query, Request, status
+from fastapi import Path as FastApiPath
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, model_validator
 
@@ -21,6 +22,8 @@ from app.sync.feed_sync import FeedSync, FeedUnavailable
 
 log = structlog.get_logger("app.sync")
 router = APIRouter(tags=["sync"], dependencies=[AdminDep])
+# A job id the database can hold (a bigger number is a 422, not a database error).
+JobId = Annotated[int, FastApiPath(ge=1, le=2**63 - 1)]
 
 
 @dataclass
@@ -103,7 +106,7 @@ async def list_sync_jobs(services: ServicesDep, limit: int = Query(20, ge=1, le=
 
 
 @router.get("/sync/jobs/{job_id}")
-async def get_sync_job(job_id: int, services: ServicesDep) -> dict[str, Any]:
+async def get_sync_job(job_id: JobId, services: ServicesDep) -> dict[str, Any]:
     async with services.sessions() as session:
         job = await session.get(SyncJob, job_id)
     if job is None:
@@ -112,7 +115,7 @@ async def get_sync_job(job_id: int, services: ServicesDep) -> dict[str, Any]:
 
 
 @router.post("/sync/jobs/{job_id}/resume", status_code=202)
-async def resume_sync_job(job_id: int, request: Request, services: ServicesDep) -> Any:
+async def resume_sync_job(job_id: JobId, request: Request, services: ServicesDep) -> Any:
     """Put a failed job back to work from the page it stopped at (after fixing the cause)."""
     try:
         async with services.sessions.begin() as session:

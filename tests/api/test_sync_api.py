@@ -92,6 +92,9 @@ async def test_not_json_body_is_422_and_auth_is_required(bridge: Bridge) -> None
 async def test_unknown_job_is_404(bridge: Bridge) -> None:
     assert (await bridge.client.get("/sync/jobs/999", headers=ADMIN)).status_code == 404
     assert (await bridge.client.get("/sync/jobs/abc", headers=ADMIN)).status_code == 422
+    assert (await bridge.client.get("/sync/jobs/99999999999999999999", headers=ADMIN)).status_code == 422
+    assert (await bridge.client.get("/sync/jobs/0", headers=ADMIN)).status_code == 422
+    assert (await bridge.client.get("/sync/jobs", params={"limit": 0}, headers=ADMIN)).status_code == 422
     assert (await bridge.client.post("/sync/jobs/999/resume", headers=ADMIN)).status_code == 404
 
 
