@@ -5,6 +5,12 @@ requests in any one-second window (as User.com's 429s suggest) never sees more t
 even when requests arrive a little bunched after crossing the network. The window is padded
 by ``WINDOW_MARGIN`` for that jitter.
 
+A request counts from the moment it is actually written, not from the moment it was let
+through: ``acquire`` hands back a ``Slot`` whose time the caller moves to the write
+(``Slot.mark_sent``). On a busy event loop a request can wait tens of milliseconds between the
+two; counted from the permit, such delayed requests would land at the upstream bunched together
+with the next window's and push one second over the limit.
+
 Adaptation follows rudder-server: when more than a tenth of a one-second window's answers are
 429s, the rate is cut by a third; after two clean windows in a row it grows by a tenth, never
 above the configured limit. A ``Retry-After`` pauses every caller until it has passed.
@@ -27,6 +33,20 @@ DEFAULT_PAUSE_SECONDS = 1.0  # a 429 without Retry-After
 MAX_PAUSE_SECONDS = 300.0  # never trust a Retry-After longer than this for the shared pause
 
 
+class Slot:
+    """One request's place in the window: from ``at`` for ``window`` seconds."""
+
+    __slots__ = ("at", "_clock")
+
+    def __init__(self, at: float, clock: Callable[[], float]) -> None:
+        self.at = at
+        self._clock = clock
+
+    def mark_sent(self) -> None:
+        """The request has left now: its place in the window counts from here."""
+        self.at = max(self.at, self._clock())
+
+
 class AdaptiveRateLimiter:
     def __init__(
         self,
@@ -43,7 +63,7 @@ class AdaptiveRateLimiter:
         self._rate = rate
         self._clock = clock
         self._sleep = sleep
-        self._sent: deque[float] = deque()
+        self._sent: deque[Slot] = deque()  # in order of the permit
         self._lock = asyncio.Lock()
         self._paused_until = 0.0
         # outcome accounting for the current one-second window
@@ -69,8 +89,8 @@ class AdaptiveRateLimiter:
         """Seconds until a ``Retry-After`` pause ends (0 when not paused)."""
         return max(0.0, self._paused_until - self._clock())
 
-    async def acquire(self) -> None:
-        """Wait until one more request may go out, then count it as sent."""
+    async def acquire(self) -> Slot:
+        """Wait until one more request may go out, then count it as sent from now."""
         async with self._lock:
             while True:
                 now = self._clock()
@@ -78,12 +98,15 @@ class AdaptiveRateLimiter:
                     await self._sleep(self._paused_until - now)
                     continue
                 capacity, window = self._capacity_and_window()
-                while self._sent and self._sent[0] <= now - window:
+                # A slot moved later by ``mark_sent`` may hold back older ones behind it in
+                # the queue: that only errs on the side of fewer requests.
+                while self._sent and self._sent[0].at <= now - window:
                     self._sent.popleft()
                 if len(self._sent) < capacity:
-                    self._sent.append(now)
-                    return
-                await self._sleep(self._sent[0] + window - now)
+                    slot = Slot(now, self._clock)
+                    self._sent.append(slot)
+                    return slot
+                await self._sleep(self._sent[0].at + window - now)
 
     # --- feedback from the answers
     def record_success(self) -> None:

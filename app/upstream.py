@@ -7,14 +7,14 @@ The delivery worker turns an ``UpstreamError`` into a decision (retry, wait, par
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from app.ratelimit import AdaptiveRateLimiter
+from app.ratelimit import AdaptiveRateLimiter, Slot
 
 # Called after each upstream call with (system, status or "error", seconds).
 CallObserver = Callable[[str, str, float], None]
@@ -61,6 +61,17 @@ def parse_retry_after(value: str | None) -> float | None:
     return seconds if seconds >= 0 else None
 
 
+def _sent_marker(slot: Slot) -> Callable[[str, dict[str, Any]], Awaitable[None]]:
+    """An httpcore ``trace`` hook that moves the request's rate-limit slot to the moment its
+    body has been written (transports without tracing, such as test mocks, never call it)."""
+
+    async def trace(event: str, _info: dict[str, Any]) -> None:
+        if event.endswith("send_request_body.complete"):
+            slot.mark_sent()
+
+    return trace
+
+
 class RateLimitedHttp:
     """One upstream system: base URL, auth headers, shared limiter, timeouts."""
 
@@ -90,7 +101,7 @@ class RateLimitedHttp:
         if progress is not None:
             progress.waiting = True
         try:
-            await self.limiter.acquire()
+            slot = await self.limiter.acquire()
         finally:
             if progress is not None:
                 progress.waiting = False
@@ -98,7 +109,9 @@ class RateLimitedHttp:
             progress.calls_sent += 1
         started = time.perf_counter()
         try:
-            response = await self.http.request(method, path, json=json, params=params)
+            response = await self.http.request(
+                method, path, json=json, params=params, extensions={"trace": _sent_marker(slot)}
+            )
         except httpx.HTTPError as exc:
             self._observe(self.system, "error", time.perf_counter() - started)
             raise UpstreamError(self.system, None, f"{type(exc).__name__}: {exc}") from exc

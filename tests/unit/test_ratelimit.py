@@ -173,3 +173,22 @@ async def test_a_cut_slows_the_requests_that_follow() -> None:
 def test_a_rate_must_be_positive() -> None:
     with pytest.raises(ValueError):
         AdaptiveRateLimiter(0)
+
+
+async def test_a_slot_counts_from_when_the_request_left_not_from_the_permit() -> None:
+    rl, clock = limiter(2)
+    first = await rl.acquire()
+    await rl.acquire()
+    clock.now += 0.5  # the first request sat on a busy event loop before it was written
+    first.mark_sent()
+    third_at = (await rl.acquire(), clock.now)[1]
+    # Counted from the permit it would have gone at 1000 + 1.02; from the write, half a second later.
+    assert third_at == pytest.approx(1000.5 + 1.02)
+
+
+async def test_mark_sent_never_moves_a_slot_back() -> None:
+    rl, clock = limiter(2)
+    slot = await rl.acquire()
+    clock.now -= 5  # a clock reading taken out of order must not free the slot early
+    slot.mark_sent()
+    assert slot.at == 1000.0
