@@ -7,6 +7,8 @@ import json
 from typing import Any
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import IdMapEntry, utcnow
@@ -34,18 +36,20 @@ async def remember(
     email: str | None = None,
     active: bool | None = None,
 ) -> None:
-    entry = await session.get(IdMapEntry, (kind, custom_id))
-    if entry is None:
-        entry = IdMapEntry(kind=kind, custom_id=custom_id)
-        session.add(entry)
-    if usercom_id is not None:
-        entry.usercom_id = usercom_id
-    entry.payload_hash = sent_hash
-    if email is not None:
-        entry.email = email
-    if active is not None:
-        entry.active = active
-    entry.updated_at = utcnow()
+    """Store what was sent for one entity, in one statement (an upsert). ``None`` leaves the
+    User.com id, e-mail or active flag as they were; the hash is always replaced."""
+    now = utcnow()
+    changes: dict[str, Any] = {"payload_hash": sent_hash, "updated_at": now}
+    for column, value in (("usercom_id", usercom_id), ("email", email), ("active", active)):
+        if value is not None:
+            changes[column] = value
+    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    await session.execute(
+        insert(IdMapEntry)
+        .values(kind=kind, custom_id=custom_id, **changes)
+        .on_conflict_do_update(index_elements=["kind", "custom_id"], set_=changes)
+    )
 
 
 async def forget(session: AsyncSession, kind: str, custom_id: str) -> None:

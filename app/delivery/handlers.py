@@ -1,13 +1,16 @@
 """How each kind of delivery is performed. One function per kind; each returns an outcome word.
 
 A handler raises ``UpstreamError`` when the upstream call fails; the worker decides what then.
-Reads and writes of the id map happen in short transactions of their own, never around an
-upstream call.
+Reads of the id map happen in short transactions of their own, never around an upstream call.
+What a handler learns from its calls (the User.com id, the hash of what was sent) it hands to
+``record_after_calls``: the worker writes it in the transaction that settles the delivery, one
+transaction less per delivery than a write of its own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +24,10 @@ from app.upstream import UpstreamError
 from app.usercom.client import UserComClient
 
 Handler = Callable[["HandlerContext", Delivery], Awaitable[str]]
+Write = Callable[[AsyncSession], Awaitable[None]]
+
+# Set by the worker around each delivery: the writes to make when it is settled.
+WRITES_AFTER_CALLS: ContextVar[list[Write] | None] = ContextVar("writes_after_calls", default=None)
 
 
 @dataclass
@@ -46,19 +53,14 @@ async def upsert_user(ctx: HandlerContext, delivery: Delivery) -> str:
         if entry is not None and entry.payload_hash == sent_hash:
             return "skipped_unchanged"
     answer = await ctx.usercom.update_or_create_user(body)
-    async with ctx.sessions.begin() as session:
-        await idmap.remember(
-            session, idmap.USER, custom_id, usercom_id=_int_or_none(answer.get("id")), sent_hash=sent_hash,
-            email=body.get("email"),
-        )
+    await record_after_calls(ctx, _remember(idmap.USER, custom_id, answer, sent_hash, email=body.get("email")))
     return "sent"
 
 
 async def delete_user(ctx: HandlerContext, delivery: Delivery) -> str:
     custom_id = str(delivery.payload["custom_id"])
     deleted = await ctx.usercom.delete_user(custom_id)
-    async with ctx.sessions.begin() as session:
-        await idmap.forget(session, idmap.USER, custom_id)
+    await record_after_calls(ctx, lambda session: idmap.forget(session, idmap.USER, custom_id))
     return "sent" if deleted else "already_absent"
 
 
@@ -82,11 +84,7 @@ async def upsert_product(ctx: HandlerContext, delivery: Delivery) -> str:
             answer = await ctx.usercom.update_product(int(existing["id"]), _without_custom_id(body))
         if answer is None:
             answer = await ctx.usercom.create_product({**body, "custom_id": custom_id})
-    async with ctx.sessions.begin() as session:
-        await idmap.remember(
-            session, idmap.PRODUCT, custom_id, usercom_id=_int_or_none(answer.get("id")), sent_hash=sent_hash,
-            active=body.get("active"),
-        )
+    await record_after_calls(ctx, _remember(idmap.PRODUCT, custom_id, answer, sent_hash, active=body.get("active")))
     return "sent"
 
 
@@ -111,11 +109,7 @@ async def send_product_event(ctx: HandlerContext, delivery: Delivery) -> str:
                 raise
             created = None
         if created is not None:
-            async with ctx.sessions.begin() as session:
-                await idmap.remember(
-                    session, idmap.PRODUCT, product_custom_id, usercom_id=_int_or_none(created.get("id")),
-                    sent_hash=None,
-                )
+            await record_after_calls(ctx, _remember(idmap.PRODUCT, product_custom_id, created, None))
     if await ctx.usercom.product_event(product_custom_id, body) is None:
         raise UpstreamError("usercom", 404, f"user {body.get('user_custom_id')} unknown to User.com for product event")
     return outcome
@@ -139,6 +133,27 @@ HANDLERS: dict[str, Handler] = {
     plan.PRODUCT_EVENT: send_product_event,
     plan.CONSENT_UPDATE: update_consent,
 }
+
+
+async def record_after_calls(ctx: HandlerContext, write: Write) -> None:
+    """Make ``write`` once the delivery is settled, in the same transaction (whether it ends done,
+    retried or dead: the calls made so far went through either way). Outside a worker, at once."""
+    pending = WRITES_AFTER_CALLS.get()
+    if pending is not None:
+        pending.append(write)
+        return
+    async with ctx.sessions.begin() as session:
+        await write(session)
+
+
+def _remember(
+    kind: str, custom_id: str, answer: dict[str, Any] | None, sent_hash: str | None, **known: Any
+) -> Write:
+    async def write(session: AsyncSession) -> None:
+        usercom_id = _int_or_none(answer.get("id")) if answer else None
+        await idmap.remember(session, kind, custom_id, usercom_id=usercom_id, sent_hash=sent_hash, **known)
+
+    return write
 
 
 def _without_custom_id(body: dict[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.delivery import repository
-from app.delivery.handlers import HANDLERS, HandlerContext
+from app.delivery.handlers import HANDLERS, WRITES_AFTER_CALLS, HandlerContext, Write
 from app.delivery.policy import RetryPolicy, decide
 from app.models import Delivery, utcnow
 from app.ops.errors import store_unavailable
@@ -69,6 +69,7 @@ class Worker:
         self.observe = observer or (lambda _k, _o, _t: None)
         self.worker_id = worker_id or new_worker_id()
         self.lease_sessions = lease_sessions or ctx.sessions  # heartbeats: best on a connection of their own
+        self._claim_at_free = max(1, concurrency // 2)
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._in_flight: dict[int, asyncio.Task[None]] = {}
@@ -102,10 +103,13 @@ class Worker:
                     break
                 free = self.concurrency - len(self._in_flight)
                 self._wake.clear()  # a wake-up from here on (work stored, a lane freed) is kept for _idle
-                claimed = await self._claim(free, targets) if free > 0 else []
+                # A claim is a write transaction: under load, claim once half the slots are free
+                # rather than one slot at a time as each delivery finishes (docs/benchmarks.md).
+                worth_claiming = free >= self._claim_at_free or not self._in_flight
+                claimed = await self._claim(free, targets) if free > 0 and worth_claiming else []
                 for delivery in claimed:
                     self._start(delivery)
-                if free <= 0 or len(claimed) < free:
+                if not worth_claiming or len(claimed) < free:
                     await self._idle()
         finally:
             try:
@@ -226,6 +230,7 @@ class Worker:
         # Everything logged while this delivery is performed (handlers, clients) carries its id.
         structlog.contextvars.bind_contextvars(delivery_id=delivery.id, kind=delivery.kind)
         CURRENT_PROGRESS.set(progress)
+        WRITES_AFTER_CALLS.set([])
         try:
             await self._perform_bound(delivery)
         except asyncio.CancelledError:
@@ -253,6 +258,7 @@ class Worker:
             await self._settle_failure(delivery, UpstreamError(delivery.target, None, f"internal: {exc!r}"), bound)
             return
         async def done(session: AsyncSession) -> None:
+            await _write_after_calls(session)
             if await repository.mark_done(session, delivery.id, self.worker_id, outcome, 200):
                 await self._run_hook(session, delivery, "done")
 
@@ -270,6 +276,7 @@ class Worker:
         if decision.action == "dead":
 
             async def dead(session: AsyncSession) -> None:
+                await _write_after_calls(session)
                 if await repository.park_dead(session, delivery.id, self.worker_id, status=error.status, error=str(error)):
                     await self._run_hook(session, delivery, "dead")
 
@@ -279,6 +286,7 @@ class Worker:
         else:
 
             async def retry(session: AsyncSession) -> None:
+                await _write_after_calls(session)
                 await repository.schedule_retry(
                     session, delivery.id, self.worker_id, delay_seconds=decision.delay_seconds,
                     counts_attempt=decision.counts_attempt, status=error.status, error=str(error),
@@ -312,6 +320,15 @@ class Worker:
         hook = self.settle_hooks.get(delivery.kind)
         if hook is not None:
             await hook(session, delivery, state)
+
+
+async def _write_after_calls(session: AsyncSession) -> None:
+    """What the delivery's handler learnt from its calls (``handlers.record_after_calls``),
+    written in the transaction that settles it. Each write is idempotent: a settle that is
+    tried again after a database blip makes them again."""
+    writes: list[Write] = WRITES_AFTER_CALLS.get() or []
+    for write in writes:
+        await write(session)
 
 
 def retry_policy_from(settings) -> RetryPolicy:  # type: ignore[no-untyped-def]

@@ -50,6 +50,15 @@ async def wait_for(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-
     raise AssertionError("timed out")
 
 
+async def run_worker_until(sessions, predicate, **kw) -> None:  # type: ignore[no-untyped-def]
+    """Run a worker until ``predicate()`` holds, then stop it gracefully."""
+    worker = make_worker(sessions, **kw)
+    task = asyncio.create_task(worker.run(drain_timeout=1))
+    await wait_for(predicate)
+    worker.stop()
+    await task
+
+
 @pytest.fixture
 def claims(monkeypatch):  # type: ignore[no-untyped-def]
     """Every claim the worker makes, with the systems it asked for."""
@@ -262,3 +271,66 @@ async def test_recording_a_done_call_survives_a_database_blip(sessions, monkeypa
     worker.stop()
     await task
     assert calls == 1  # recorded on the third try, never sent again
+
+
+async def test_what_a_handler_learnt_is_written_with_the_done_mark_in_one_transaction(sessions, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from app import idmap
+    from app.delivery.handlers import record_after_calls
+
+    states_seen_by_the_write: list[str] = []
+
+    async def learnt(ctx, delivery):  # type: ignore[no-untyped-def]
+        async def write(session):  # type: ignore[no-untyped-def]
+            # In the settling transaction, before the done mark: the delivery is still in flight.
+            states_seen_by_the_write.append((await session.get(Delivery, delivery.id)).state)
+            await idmap.remember(session, idmap.USER, "1043", usercom_id=4711, sent_hash="h")
+
+        await record_after_calls(ctx, write)
+        return "sent"
+
+    monkeypatch.setitem(HANDLERS, USER_UPSERT, learnt)
+    (delivery_id,) = await enqueue(sessions, (USER_UPSERT, "user:1043"))
+    await run_worker_until(sessions, lambda: _state_is(sessions, delivery_id, "done"))
+    async with sessions() as s:
+        entry = await idmap.get(s, idmap.USER, "1043")
+    assert (entry.usercom_id, entry.payload_hash) == (4711, "h")
+    assert states_seen_by_the_write == ["in_flight"]
+
+
+async def test_what_a_handler_learnt_before_a_failed_call_is_kept_for_the_retry(sessions, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from app import idmap
+    from app.delivery.handlers import record_after_calls
+
+    async def created_then_failed(ctx, _delivery):  # type: ignore[no-untyped-def]
+        await record_after_calls(
+            ctx, lambda session: idmap.remember(session, idmap.PRODUCT, "12-3-41", usercom_id=77, sent_hash=None)
+        )
+        raise UpstreamError("usercom", 503, "unavailable")
+
+    monkeypatch.setitem(HANDLERS, USER_UPSERT, created_then_failed)
+    (delivery_id,) = await enqueue(sessions, (USER_UPSERT, "user:1"))
+    await run_worker_until(sessions, lambda: _attempts_at_least(sessions, delivery_id, 1))
+    async with sessions() as s:
+        entry = await idmap.get(s, idmap.PRODUCT, "12-3-41")
+    assert entry is not None and entry.usercom_id == 77  # the next try finds the product it made
+
+
+async def _attempts_at_least(sessions, delivery_id: int, n: int) -> bool:  # type: ignore[no-untyped-def]
+    return (await rows(sessions))[delivery_id].attempts >= n
+
+
+async def test_under_load_the_worker_claims_in_batches_not_once_per_finished_delivery(sessions, claims, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    async def quick(_ctx, _d):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(0.01)
+        return "sent"
+
+    monkeypatch.setitem(HANDLERS, USER_UPSERT, quick)
+    ids = await enqueue(sessions, *((USER_UPSERT, f"user:{n}") for n in range(64)))
+    await run_worker_until(sessions, lambda: _all_done(sessions, ids))
+    # One claim per delivery would be about 64; claiming once four of eight slots are free, 16 or so.
+    assert len(claims) <= 24, len(claims)
+
+
+async def _all_done(sessions, ids: list[int]) -> bool:  # type: ignore[no-untyped-def]
+    current = await rows(sessions)
+    return all(current[i].state == "done" for i in ids)
