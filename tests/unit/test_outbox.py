@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from app.delivery import repository
 from app.delivery.plan import PRODUCT_EVENT, USER_UPSERT, PlannedDelivery
-from app.models import utcnow
+from app.models import Delivery, utcnow
 
 
 def planned(user: str, n: int = 0, key: str | None = None) -> PlannedDelivery:
@@ -105,3 +105,25 @@ async def test_release_gives_leased_work_back_untouched(sessions) -> None:  # ty
         again = await repository.claim(s, worker_id="w2", limit=10, lease_seconds=300)
     assert sorted(d.id for d in again) == sorted(d.id for d in claimed)
     assert all(d.attempts == 0 for d in again)
+
+
+async def test_enqueue_on_sqlite_is_one_insert_and_the_ids_it_returns_are_the_stored_rows(sessions) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import event, select
+
+    statements: list[str] = []
+    engine = sessions.kw["bind"].sync_engine
+    listener = lambda *args: statements.append(args[2])  # noqa: E731 - (conn, cursor, statement, ...)
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        async with sessions.begin() as s:
+            four = await repository.enqueue(s, [planned("x", n) for n in range(3)] + [planned("x", key="purchase:x")])
+        small_batch = [sql for sql in statements if sql.startswith("INSERT INTO deliveries")]
+        async with sessions.begin() as s:
+            many = await repository.enqueue(s, [planned(str(n % 7), n) for n in range(2503)])
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+    assert len(small_batch) == 1
+    async with sessions() as s:
+        stored = {d.id: (d.lane, d.payload) for d in (await s.execute(select(Delivery))).scalars()}
+    assert {d.id: (d.lane, d.payload) for d in four + many} == stored
+    assert [d.id for d in four + many] == sorted(stored)
