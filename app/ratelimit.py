@@ -1,15 +1,19 @@
 """One adaptive rate limiter per upstream system, shared by every worker task of the process.
 
-It is a sliding-window log rather than a token bucket with a burst: an upstream that counts
-requests in any one-second window (as User.com's 429s suggest) never sees more than the limit,
-even when requests arrive a little bunched after crossing the network. The window is padded
-by ``WINDOW_MARGIN`` for that jitter.
+It is a sliding window rather than a token bucket with a burst: an upstream that counts the
+requests it sees in any one-second window (as User.com's 429s suggest) never sees more than the
+limit from us, however the requests are delayed on their way.
 
-A request counts from the moment it is actually written, not from the moment it was let
-through: ``acquire`` hands back a ``Slot`` whose time the caller moves to the write
-(``Slot.mark_sent``). On a busy event loop a request can wait tens of milliseconds between the
-two; counted from the permit, such delayed requests would land at the upstream bunched together
-with the next window's and push one second over the limit.
+The rule that makes that hold: **a request occupies its place from its permit until one window
+after its answer** (or its failure). The upstream sees a request at some moment between the two,
+so two requests it sees within one second of each other were both holding a place when the
+later one was let through; hence at most ``capacity`` of them. Counting from the permit or from
+the moment the request was written is not enough: a request can sit tens of milliseconds on a
+busy event loop, or on a new connection at the server, and then lands together with the next
+window's requests (three processes sharing a limit of 60 were seen at 61-64 a second that way).
+The price is the round trip: each place is held for a window plus the request's own time, so
+against a server 150 ms away the bridge sends about 13 % under the limit; on a fast link it is
+close to the limit.
 
 Adaptation follows rudder-server: when more than a tenth of a one-second window's answers are
 429s, the rate is cut by a third; after two clean windows in a row it grows by a tenth, never
@@ -24,7 +28,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-WINDOW_MARGIN = 1.02
+WINDOW_SECONDS = 1.0
 CUT_FACTOR = 2 / 3
 RAISE_FACTOR = 1.10
 THROTTLED_SHARE_TO_CUT = 0.10
@@ -34,17 +38,19 @@ MAX_PAUSE_SECONDS = 300.0  # never trust a Retry-After longer than this for the 
 
 
 class Slot:
-    """One request's place in the window: from ``at`` for ``window`` seconds."""
+    """One request's place in the window. ``release`` it when the request has been answered or
+    has failed; from then on the place is held for one more window."""
 
-    __slots__ = ("at", "_clock")
+    __slots__ = ("_limiter", "_released")
 
-    def __init__(self, at: float, clock: Callable[[], float]) -> None:
-        self.at = at
-        self._clock = clock
+    def __init__(self, limiter: AdaptiveRateLimiter) -> None:
+        self._limiter = limiter
+        self._released = False
 
-    def mark_sent(self) -> None:
-        """The request has left now: its place in the window counts from here."""
-        self.at = max(self.at, self._clock())
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._limiter._release()  # noqa: SLF001 - the slot belongs to its limiter
 
 
 class AdaptiveRateLimiter:
@@ -63,7 +69,9 @@ class AdaptiveRateLimiter:
         self._rate = rate
         self._clock = clock
         self._sleep = sleep
-        self._sent: deque[Slot] = deque()  # in order of the permit
+        self._in_flight = 0  # permitted, not yet answered
+        self._answered: deque[float] = deque()  # when the answered ones were answered, oldest first
+        self._answer_came = asyncio.Event()
         self._lock = asyncio.Lock()
         self._paused_until = 0.0
         # outcome accounting for the current one-second window
@@ -81,8 +89,8 @@ class AdaptiveRateLimiter:
     def _capacity_and_window(self) -> tuple[int, float]:
         """At most ``capacity`` requests in any ``window`` seconds."""
         if self._rate >= 1:
-            return math.floor(self._rate), WINDOW_MARGIN
-        return 1, WINDOW_MARGIN / self._rate
+            return math.floor(self._rate), WINDOW_SECONDS
+        return 1, WINDOW_SECONDS / self._rate
 
     @property
     def paused_for(self) -> float:
@@ -90,7 +98,7 @@ class AdaptiveRateLimiter:
         return max(0.0, self._paused_until - self._clock())
 
     async def acquire(self) -> Slot:
-        """Wait until one more request may go out, then count it as sent from now."""
+        """Wait until one more request may go out. The caller must ``release`` the slot."""
         async with self._lock:
             while True:
                 now = self._clock()
@@ -98,15 +106,21 @@ class AdaptiveRateLimiter:
                     await self._sleep(self._paused_until - now)
                     continue
                 capacity, window = self._capacity_and_window()
-                # A slot moved later by ``mark_sent`` may hold back older ones behind it in
-                # the queue: that only errs on the side of fewer requests.
-                while self._sent and self._sent[0].at <= now - window:
-                    self._sent.popleft()
-                if len(self._sent) < capacity:
-                    slot = Slot(now, self._clock)
-                    self._sent.append(slot)
-                    return slot
-                await self._sleep(self._sent[0].at + window - now)
+                while self._answered and self._answered[0] <= now - window:
+                    self._answered.popleft()
+                if self._in_flight + len(self._answered) < capacity:
+                    self._in_flight += 1
+                    return Slot(self)
+                if self._answered:
+                    await self._sleep(self._answered[0] + window - now)
+                else:  # every place is held by a request still waiting for its answer
+                    self._answer_came.clear()
+                    await self._answer_came.wait()
+
+    def _release(self) -> None:
+        self._in_flight -= 1
+        self._answered.append(self._clock())
+        self._answer_came.set()
 
     # --- feedback from the answers
     def record_success(self) -> None:

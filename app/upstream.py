@@ -7,14 +7,14 @@ The delivery worker turns an ``UpstreamError`` into a decision (retry, wait, par
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from app.ratelimit import AdaptiveRateLimiter, Slot
+from app.ratelimit import AdaptiveRateLimiter
 
 # Called after each upstream call with (system, status or "error", seconds).
 CallObserver = Callable[[str, str, float], None]
@@ -61,17 +61,6 @@ def parse_retry_after(value: str | None) -> float | None:
     return seconds if seconds >= 0 else None
 
 
-def _sent_marker(slot: Slot) -> Callable[[str, dict[str, Any]], Awaitable[None]]:
-    """An httpcore ``trace`` hook that moves the request's rate-limit slot to the moment its
-    body has been written (transports without tracing, such as test mocks, never call it)."""
-
-    async def trace(event: str, _info: dict[str, Any]) -> None:
-        if event.endswith("send_request_body.complete"):
-            slot.mark_sent()
-
-    return trace
-
-
 class RateLimitedHttp:
     """One upstream system: base URL, auth headers, shared limiter, timeouts."""
 
@@ -105,16 +94,17 @@ class RateLimitedHttp:
         finally:
             if progress is not None:
                 progress.waiting = False
+        # Nothing between the permit and the ``try`` awaits, so the slot is always released.
         if progress is not None:
             progress.calls_sent += 1
         started = time.perf_counter()
         try:
-            response = await self.http.request(
-                method, path, json=json, params=params, extensions={"trace": _sent_marker(slot)}
-            )
+            response = await self.http.request(method, path, json=json, params=params)
         except httpx.HTTPError as exc:
             self._observe(self.system, "error", time.perf_counter() - started)
             raise UpstreamError(self.system, None, f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            slot.release()  # answered or failed: its place in the window is held one more window
         self._observe(self.system, str(response.status_code), time.perf_counter() - started)
         if response.status_code == 429:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
