@@ -17,18 +17,18 @@ The rules (``docs/consent.md`` explains them):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import idmap
 from app.caterings.schemas import CateringsEvent, OrderEvent, User, UserDeletedEvent, UserEvent
+from app.db import dialect_of, insert_for
 from app.delivery import repository
 from app.delivery.plan import CONSENT_UPDATE, PlannedDelivery, user_lane
 from app.models import ConsentLog, ConsentState, Delivery, IdMapEntry, utcnow
@@ -80,21 +80,23 @@ def not_after_now(at: datetime, now: datetime | None = None) -> datetime:
 # --- consent_state ------------------------------------------------------------------------------
 
 
+_STATE = ConsentState.__table__
+_LOG = ConsentLog.__table__
+# Built once, on the tables: every accepted webhook and callback runs them (app/db.py says why).
+_KNOWN = select(_STATE.c.marketing, _STATE.c.changed_at, _STATE.c.source).where(
+    _STATE.c.user_id == bindparam("user_id")
+)
+_ADD_LOG = insert(_LOG).returning(_LOG.c.id)
+
+
 async def known(session: AsyncSession, user_id: str) -> Known | None:
-    row = (
-        await session.execute(
-            select(ConsentState.marketing, ConsentState.changed_at, ConsentState.source).where(
-                ConsentState.user_id == user_id
-            )
-        )
-    ).first()
+    row = (await session.execute(_KNOWN, {"user_id": user_id})).first()
     return None if row is None else Known(bool(row.marketing), row.changed_at, row.source)
 
 
-def _insert_if_absent(session: AsyncSession, values: dict[str, Any]) -> Any:
-    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    return insert(ConsentState).values(**values).on_conflict_do_nothing()
+@functools.cache
+def _insert_state_if_absent(dialect: str) -> Any:
+    return insert_for(dialect)(_STATE).on_conflict_do_nothing()
 
 
 async def _set(session: AsyncSession, user_id: str, seen: Known | None, marketing: bool, at: datetime,
@@ -102,7 +104,7 @@ async def _set(session: AsyncSession, user_id: str, seen: Known | None, marketin
     """Compare-and-set: write the new value only if the row is still what was read."""
     values = {"marketing": marketing, "changed_at": at, "source": source}
     if seen is None:
-        result = await session.execute(_insert_if_absent(session, {"user_id": user_id, **values}))
+        result = await session.execute(_insert_state_if_absent(dialect_of(session)), {"user_id": user_id, **values})
     else:
         result = await session.execute(
             update(ConsentState)
@@ -132,14 +134,12 @@ async def superseded(session: AsyncSession, user_id: str, marketing: bool) -> bo
 
 
 async def _log(session: AsyncSession, *, user_id: str | None, marketing: bool | None, source: str,
-               occurred_at: datetime | None, status: str, detail: str | None) -> ConsentLog:
-    entry = ConsentLog(
-        user_id=user_id, marketing=marketing, source=source, occurred_at=occurred_at, recorded_at=utcnow(),
-        status=status, detail=None if detail is None else detail[:2000],
-    )
-    session.add(entry)
-    await session.flush()
-    return entry
+               occurred_at: datetime | None, status: str, detail: str | None) -> int:
+    """Add a row to the consent log; returns its id."""
+    return int(await session.scalar(_ADD_LOG, {
+        "user_id": user_id, "marketing": marketing, "source": source, "occurred_at": occurred_at,
+        "recorded_at": utcnow(), "status": status, "detail": None if detail is None else detail[:2000],
+    }))
 
 
 async def history(session: AsyncSession, user_id: str | None, limit: int,
@@ -201,35 +201,33 @@ async def accept_callback(session: AsyncSession, *, user_id: str, marketing: boo
         verdict = judge(seen, marketing, at)
         if verdict == UNCHANGED:
             assert seen is not None
-            entry = await _log(session, user_id=user_id, marketing=marketing, source=USERCOM, occurred_at=at,
-                               status=UNCHANGED, detail=f"{detail}; already known from {seen.source}")
-            return CallbackResult(UNCHANGED, entry.id)
+            entry_id = await _log(session, user_id=user_id, marketing=marketing, source=USERCOM, occurred_at=at,
+                                  status=UNCHANGED, detail=f"{detail}; already known from {seen.source}")
+            return CallbackResult(UNCHANGED, entry_id)
         if verdict == STALE:
             assert seen is not None
-            entry = await _log(
+            entry_id = await _log(
                 session, user_id=user_id, marketing=marketing, source=USERCOM, occurred_at=at, status=STALE,
                 detail=f"{detail}; older than {seen.marketing} from {seen.source} at {seen.changed_at.isoformat()}",
             )
-            return CallbackResult(STALE, entry.id)
+            return CallbackResult(STALE, entry_id)
         if await _set(session, user_id, seen, marketing, at, USERCOM):
-            entry = await _log(session, user_id=user_id, marketing=marketing, source=USERCOM, occurred_at=at,
-                               status=PENDING, detail=detail)
+            entry_id = await _log(session, user_id=user_id, marketing=marketing, source=USERCOM, occurred_at=at,
+                                  status=PENDING, detail=detail)
             planned = PlannedDelivery(
-                CONSENT_UPDATE, user_lane(user_id), {"user_id": user_id, "marketing": marketing, "consent_id": entry.id}
+                CONSENT_UPDATE, user_lane(user_id), {"user_id": user_id, "marketing": marketing, "consent_id": entry_id}
             )
             (delivery,) = await repository.enqueue(session, [planned])
-            entry.delivery_id = delivery.id
-            await session.flush()
-            return CallbackResult(PENDING, entry.id, delivery.id)
+            await session.execute(update(_LOG).where(_LOG.c.id == entry_id).values(delivery_id=delivery.id))
+            return CallbackResult(PENDING, entry_id, delivery.id)
         # Another transaction changed the state between our read and our write: judge again.
     raise RuntimeError(f"consent state of user {user_id} kept changing under us")
 
 
 async def reject_callback(session: AsyncSession, *, user_id: str | None, marketing: bool | None,
                           at: datetime | None, detail: str) -> int:
-    entry = await _log(session, user_id=user_id, marketing=marketing, source=USERCOM, occurred_at=at,
-                       status=REJECTED, detail=detail)
-    return entry.id
+    return await _log(session, user_id=user_id, marketing=marketing, source=USERCOM, occurred_at=at,
+                      status=REJECTED, detail=detail)
 
 
 # --- Caterings webhooks ----------------------------------------------------------------------------
@@ -275,14 +273,18 @@ async def note_user(session: AsyncSession, user_id: str, email: str | None) -> N
 
     Only the e-mail is touched: the User.com id and the hash of what was sent stay as they are.
     """
-    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
-    insert = (pg_insert if dialect == "postgresql" else sqlite_insert)(IdMapEntry).values(
-        kind=idmap.USER, custom_id=user_id, email=email or None, updated_at=utcnow()
-    )
-    if email:
-        await session.execute(insert.on_conflict_do_update(index_elements=["kind", "custom_id"], set_={"email": email}))
-    else:
-        await session.execute(insert.on_conflict_do_nothing())
+    values = {"kind": idmap.USER, "custom_id": user_id, "email": email or None, "updated_at": utcnow()}
+    await session.execute(_note_user_statement(dialect_of(session), with_email=bool(email)), values)
+
+
+@functools.cache
+def _note_user_statement(dialect: str, *, with_email: bool) -> Any:
+    table = IdMapEntry.__table__
+    statement = insert_for(dialect)(table)
+    if with_email:
+        return statement.on_conflict_do_update(index_elements=["kind", "custom_id"],
+                                               set_={"email": statement.excluded.email})
+    return statement.on_conflict_do_nothing()
 
 
 async def record_caterings_consent(session: AsyncSession, user_id: str, marketing: bool, occurred_at: datetime,

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from typing import Any
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db import dialect_of, insert_for
 from app.models import IdMapEntry, utcnow
 
 USER = "user"
@@ -38,17 +38,25 @@ async def remember(
 ) -> None:
     """Store what was sent for one entity, in one statement (an upsert). ``None`` leaves the
     User.com id, e-mail or active flag as they were; the hash is always replaced."""
-    now = utcnow()
-    changes: dict[str, Any] = {"payload_hash": sent_hash, "updated_at": now}
-    for column, value in (("usercom_id", usercom_id), ("email", email), ("active", active)):
-        if value is not None:
-            changes[column] = value
-    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    await session.execute(
-        insert(IdMapEntry)
-        .values(kind=kind, custom_id=custom_id, **changes)
-        .on_conflict_do_update(index_elements=["kind", "custom_id"], set_=changes)
+    await session.execute(_remember_statement(dialect_of(session)), {
+        "kind": kind, "custom_id": custom_id, "usercom_id": usercom_id, "payload_hash": sent_hash,
+        "email": email, "active": active, "updated_at": utcnow(),
+    })
+
+
+@functools.cache
+def _remember_statement(dialect: str) -> Any:
+    """Built once per dialect, on the table: every delivered upsert runs it (app/db.py says why)."""
+    table = IdMapEntry.__table__
+    statement = insert_for(dialect)(table)
+    new = statement.excluded
+    return statement.on_conflict_do_update(
+        index_elements=["kind", "custom_id"],
+        set_={
+            "payload_hash": new.payload_hash,
+            "updated_at": new.updated_at,
+            **{name: func.coalesce(new[name], table.c[name]) for name in ("usercom_id", "email", "active")},
+        },
     )
 
 

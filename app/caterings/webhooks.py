@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from typing import Any
@@ -10,12 +11,11 @@ import structlog
 from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from app import consents
 from app.caterings import schemas, signature
+from app.db import dialect_of, insert_for
 from app.delivery import repository
 from app.deps import ServicesDep
 from app.inbound import read_limited_body
@@ -92,16 +92,10 @@ async def _store(services: ServicesDep, webhook_id: str, event_type: str, inboun
         async with services.sessions.begin() as session:
             # One statement both records the webhook and tells a redelivery apart (no row comes
             # back when the id is already there): each statement costs a round trip.
-            on_postgresql = session.bind is not None and session.bind.dialect.name == "postgresql"
-            insert = pg_insert if on_postgresql else sqlite_insert
             inbound_id = await session.scalar(
-                insert(InboundEvent)
-                .values(
-                    source=SOURCE, external_id=webhook_id, event_type=event_type[:64], status=inbound_status,
-                    body=document,
-                )
-                .on_conflict_do_nothing()
-                .returning(InboundEvent.id)
+                _record_inbound(dialect_of(session)),
+                {"source": SOURCE, "external_id": webhook_id, "event_type": event_type[:64],
+                 "status": inbound_status, "body": document},
             )
             if inbound_id is None:
                 return None
@@ -110,3 +104,10 @@ async def _store(services: ServicesDep, webhook_id: str, event_type: str, inboun
             return int(inbound_id)
     except IntegrityError:
         return None  # the same webhook-id raced in on another connection and won
+
+
+@functools.cache
+def _record_inbound(dialect: str) -> Any:
+    """``INSERT ... ON CONFLICT DO NOTHING RETURNING id``, built once (app/db.py says why)."""
+    table = InboundEvent.__table__
+    return insert_for(dialect)(table).on_conflict_do_nothing().returning(table.c.id)

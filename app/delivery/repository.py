@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,29 +21,22 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.selectable import Alias
 
+from app.db import dialect_of, insert_for
 from app.delivery.plan import PlannedDelivery, target_of
 from app.models import BusinessFact, Delivery, InboundEvent, utcnow
 
 OPEN_STATES = ("pending", "in_flight")
 
 
-def _insert_ignoring_conflicts(session: AsyncSession, table: Any, values: dict[str, Any]) -> Any:
-    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    return insert(table).values(**values).on_conflict_do_nothing()
-
-
 async def claim_fact(session: AsyncSession, key: str) -> bool:
     """Record a business fact; False when it was already recorded (it must not fire again)."""
-    result = await session.execute(_insert_ignoring_conflicts(session, BusinessFact, {"key": key}))
-    return bool(result.rowcount)
+    return key in await claim_facts(session, [key])
 
 
 async def claim_facts(session: AsyncSession, keys: Sequence[str]) -> set[str]:
@@ -51,13 +45,18 @@ async def claim_facts(session: AsyncSession, keys: Sequence[str]) -> set[str]:
     wanted = sorted(set(keys))
     if not wanted:
         return set()
-    insert = pg_insert if _dialect(session) == "postgresql" else sqlite_insert
     # One statement with a list of parameters: SQLAlchemy compiles it once (cached) and sends the
     # rows as one multi-row INSERT ("insertmanyvalues"); .values([...]) would compile every time.
-    statement = insert(BusinessFact).on_conflict_do_nothing().returning(BusinessFact.key)
     now = utcnow()
-    result = await session.execute(statement, [{"key": key, "created_at": now} for key in wanted])
+    result = await session.execute(_claim_facts_statement(_dialect(session)),
+                                   [{"key": key, "created_at": now} for key in wanted])
     return set(result.scalars().all())
+
+
+@functools.cache
+def _claim_facts_statement(dialect: str) -> Any:
+    table = BusinessFact.__table__
+    return insert_for(dialect)(table).on_conflict_do_nothing().returning(table.c.key)
 
 
 async def enqueue(
@@ -108,13 +107,15 @@ async def _insert_on_sqlite(session: AsyncSession, rows: list[dict[str, Any]]) -
     """
     if not rows:
         return []
-    result = await session.execute(sqlite_insert(Delivery).returning(Delivery.id), rows)
+    result = await session.execute(_INSERT_DELIVERIES_ON_SQLITE, rows)
     ids = sorted(result.scalars().all())
     return [Delivery(id=delivery_id, **row) for delivery_id, row in zip(ids, rows, strict=True)]
 
 
-def _dialect(session: AsyncSession) -> str:
-    return session.bind.dialect.name if session.bind is not None else "sqlite"
+# On the table, not the ORM entity: the ORM's bulk-insert path cost more CPU than the insert.
+_INSERT_DELIVERIES_ON_SQLITE = sqlite_insert(Delivery.__table__).returning(Delivery.__table__.c.id)
+
+_dialect = dialect_of
 
 
 # Lanes are locked by a 64-bit hash of their name; a collision only makes two lanes wait on each
@@ -229,15 +230,25 @@ def _owned(delivery_id: int, worker_id: str) -> Any:
 
 async def mark_done(session: AsyncSession, delivery_id: int, worker_id: str, outcome: str, status: int | None) -> bool:
     now = utcnow()
-    result = await session.execute(
-        update(Delivery)
-        .where(_owned(delivery_id, worker_id))
-        .values(
-            state="done", outcome=outcome, done_at=now, updated_at=now, lease_until=None,
-            last_status=status, attempts=Delivery.attempts + 1,
-        )
-    )
+    result = await session.execute(_MARK_DONE, {
+        "delivery_id": delivery_id, "worker_id": worker_id, "outcome": outcome, "now": now, "status": status,
+    })
     return bool(result.rowcount)
+
+
+# Every delivery ends here: built once, on the table (app/db.py says why). Fenced as ``_owned``.
+_DELIVERIES = Delivery.__table__
+_MARK_DONE = (
+    update(_DELIVERIES)
+    .where(
+        (_DELIVERIES.c.id == bindparam("delivery_id")) & (_DELIVERIES.c.leased_by == bindparam("worker_id"))
+        & (_DELIVERIES.c.state == "in_flight")
+    )
+    .values(
+        state="done", outcome=bindparam("outcome"), done_at=bindparam("now"), updated_at=bindparam("now"),
+        lease_until=None, last_status=bindparam("status"), attempts=_DELIVERIES.c.attempts + 1,
+    )
+)
 
 
 async def schedule_retry(
