@@ -10,14 +10,17 @@ from fastapi import Depends, HTTPException, Request, status
 from app.services import Services
 
 
-def get_services(request: Request) -> Services:
+# Both are ``async def`` although they never await: FastAPI runs a plain ``def`` dependency in
+# its thread pool, a hop to another thread and back on every request (5 % of an accepted
+# webhook's CPU in the profile, docs/benchmarks.md).
+async def get_services(request: Request) -> Services:
     return request.app.state.services
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def require_admin(request: Request, services: ServicesDep) -> None:
+async def require_admin(request: Request, services: ServicesDep) -> None:
     """Operator endpoints: ``Authorization: Bearer <ADMIN_TOKEN>``, compared in constant time."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
