@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app import consents
 from app.caterings import client as caterings_client
+from app.caterings.accept_writer import AcceptWriter
 from app.db import create_engine, create_session_factory
 from app.delivery.handlers import HandlerContext
 from app.delivery.plan import CONSENT_UPDATE
@@ -34,6 +35,10 @@ class Services:
     worker: Worker
     _http: list[httpx.AsyncClient]
     _engines: list[AsyncEngine] = field(default_factory=list)  # besides ``engine``
+    accept_writer: AcceptWriter = field(init=False)  # accepted webhooks, stored in group commits
+
+    def __post_init__(self) -> None:
+        self.accept_writer = AcceptWriter(lambda: self.sessions)
 
     def wake_worker(self) -> None:
         self.worker.wake()

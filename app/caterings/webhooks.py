@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 from typing import Any
@@ -11,18 +10,13 @@ import structlog
 from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
-from sqlalchemy.exc import IntegrityError
 
-from app import consents
 from app.caterings import schemas, signature
-from app.db import dialect_of, insert_for
-from app.delivery import repository
+from app.caterings.accept_writer import SOURCE, AcceptedWebhook
 from app.deps import ServicesDep
 from app.inbound import read_limited_body
 from app.mapping import plan_caterings_event
-from app.models import InboundEvent
 
-SOURCE = "caterings"
 log = structlog.get_logger("app.caterings.webhooks")
 router = APIRouter(tags=["inbound"])
 
@@ -65,7 +59,9 @@ async def receive_caterings_webhook(request: Request, services: ServicesDep) -> 
 
         planned = plan_caterings_event(event, tz=settings.tz) if event is not None else []
         inbound_status = "accepted" if event is not None else "ignored"
-        inbound_id = await _store(services, webhook_id, event_type, inbound_status, document, planned, event)
+        inbound_id = await services.accept_writer.store(
+            AcceptedWebhook(webhook_id, event_type, inbound_status, document, planned, event)
+        )
         if inbound_id is None:
             outcome = "duplicate"
             return JSONResponse({"id": webhook_id, "status": "duplicate"}, status_code=200)
@@ -82,32 +78,3 @@ async def receive_caterings_webhook(request: Request, services: ServicesDep) -> 
         services.metrics.webhooks.labels(SOURCE, event_type, outcome).inc()
         services.metrics.accept_latency.labels(SOURCE).observe(time.perf_counter() - started)
         structlog.contextvars.unbind_contextvars("webhook_id")
-
-
-async def _store(services: ServicesDep, webhook_id: str, event_type: str, inbound_status: str,
-                 document: Any, planned: list, event: schemas.CateringsEvent | None = None  # type: ignore[type-arg]
-                 ) -> int | None:
-    """Inbound record and its deliveries in one transaction. None when the id was seen before."""
-    try:
-        async with services.sessions.begin() as session:
-            # One statement both records the webhook and tells a redelivery apart (no row comes
-            # back when the id is already there): each statement costs a round trip.
-            inbound_id = await session.scalar(
-                _record_inbound(dialect_of(session)),
-                {"source": SOURCE, "external_id": webhook_id, "event_type": event_type[:64],
-                 "status": inbound_status, "body": document},
-            )
-            if inbound_id is None:
-                return None
-            await repository.enqueue(session, planned, inbound_id=inbound_id)
-            await consents.note_caterings_event(session, event)  # consent state and e-mail, same transaction
-            return int(inbound_id)
-    except IntegrityError:
-        return None  # the same webhook-id raced in on another connection and won
-
-
-@functools.cache
-def _record_inbound(dialect: str) -> Any:
-    """``INSERT ... ON CONFLICT DO NOTHING RETURNING id``, built once (app/db.py says why)."""
-    table = InboundEvent.__table__
-    return insert_for(dialect)(table).on_conflict_do_nothing().returning(table.c.id)

@@ -73,22 +73,36 @@ async def enqueue(
     of its lane. The claim relies on that. Call it once per transaction (or with lanes in the
     same order every time) so two transactions never wait on each other's lanes.
     """
+    return await enqueue_groups(session, [(inbound_id, planned)], now=now)
+
+
+async def enqueue_groups(
+    session: AsyncSession,
+    groups: Sequence[tuple[int | None, Sequence[PlannedDelivery]]],
+    *,
+    now: datetime | None = None,
+) -> list[Delivery]:
+    """``enqueue`` for several inbound records at once (each with its planned deliveries), in
+    order: a business fact planned by two of them fires for the first."""
     now = now or utcnow()
-    await lock_lanes(session, {item.lane for item in planned})
+    await lock_lanes(session, {item.lane for _inbound, planned in groups for item in planned})
     # All facts in one statement, before any delivery is added (one at a time, each claim was a
     # statement of its own and made the session flush the deliveries added so far one by one).
-    fresh = await claim_facts(session, [item.dedupe_key for item in planned if item.dedupe_key])
+    fresh = await claim_facts(
+        session, [item.dedupe_key for _inbound, planned in groups for item in planned if item.dedupe_key]
+    )
     rows: list[dict[str, Any]] = []
-    for item in planned:
-        if item.dedupe_key:
-            if item.dedupe_key not in fresh:
-                continue
-            fresh.discard(item.dedupe_key)  # a fact planned twice in one batch fires once
-        rows.append({
-            "inbound_id": inbound_id, "kind": item.kind, "target": target_of(item.kind), "lane": item.lane,
-            "payload": item.payload, "state": "pending", "attempts": 0, "throttled": 0,
-            "created_at": now, "next_attempt_at": now, "updated_at": now,
-        })
+    for inbound_id, planned in groups:
+        for item in planned:
+            if item.dedupe_key:
+                if item.dedupe_key not in fresh:
+                    continue
+                fresh.discard(item.dedupe_key)  # a fact planned twice in one batch fires once
+            rows.append({
+                "inbound_id": inbound_id, "kind": item.kind, "target": target_of(item.kind), "lane": item.lane,
+                "payload": item.payload, "state": "pending", "attempts": 0, "throttled": 0,
+                "created_at": now, "next_attempt_at": now, "updated_at": now,
+            })
     if _dialect(session) == "sqlite":
         return await _insert_on_sqlite(session, rows)
     added = [Delivery(**row) for row in rows]
