@@ -186,13 +186,24 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, str]]:
         if "skipped" in sync or "error" in sync:
             add("sync", "(not run)", sync.get("skipped") or sync.get("error", ""))
         else:
+            targets = sync.get("targets") or {}
             add(
                 "sync",
                 f"{sync['users']:,} users + {sync['orders']:,} orders, L = {sync['rate_limit']:g}/s",
-                f"{sync['wall_s']:.1f} s for {sync['usercom_calls']:,} calls, "
-                f"peak RSS {sync['peak_rss_mib']:.0f} MiB",
-                f"{sync['vs_lower_bound']:.2f} of bound ({sync['lower_bound_s']:.1f} s)",
+                f"{sync['wall_s']:.1f} s for {sync['usercom_calls']:,} calls",
+                f"{sync['wall_over_bound']:.2f} x bound ({sync['lower_bound_s']:.1f} s)",
+                f"<= {targets.get('wall_over_bound_max', 1.1):.2f} x bound",
+                _met(targets["wall_met"]) if "wall_met" in targets else "",
             )
+            if "idle_rss_mib" in sync:
+                add(
+                    "sync",
+                    "bridge memory during the sync",
+                    f"RSS idle {sync['idle_rss_mib']:.0f} MiB, peak {sync['peak_rss_mib']:.0f} MiB",
+                    f"+{sync['peak_over_idle_mib']:.0f} MiB",
+                    f"<= +{targets.get('peak_over_idle_mib_max', 50):.0f} MiB",
+                    _met(targets["memory_met"]) if "memory_met" in targets else "",
+                )
             second = sync.get("second_run") or {}
             if second:
                 add(

@@ -21,6 +21,10 @@ import httpx
 from bench import common
 from bench.common import Databases, RunDir
 
+TARGET_WALL_OVER_BOUND = 1.1
+# "within a few tens of MB of idle": the bridge holds one page at a time, the queue is in the database
+TARGET_PEAK_OVER_IDLE_MIB = 50.0
+
 
 def _post_sync(bridge_url: str) -> int:
     response = httpx.post(bridge_url + "/sync/full", headers=common.ADMIN_HEADERS, json={}, timeout=30)
@@ -38,6 +42,7 @@ def _job(bridge_url: str, job_id: int) -> dict[str, Any]:
 
 async def _one_sync(bridge_url: str, pid: int, usercom_url: str, timeout: float) -> dict[str, Any]:
     before = common.fake_state(usercom_url)
+    idle = common.rss_kib(pid)  # the bridge started, migrated and served a few requests: its resting size
     sampler = common.RssSampler(pid).start()
     cpu_before = common.cpu_seconds(pid)
     started = time.monotonic()
@@ -72,7 +77,9 @@ async def _one_sync(bridge_url: str, pid: int, usercom_url: str, timeout: float)
         "usercom_calls": calls - throttled,
         "rate_limited_429": throttled,
         "by_state": by_state,
+        "idle_rss_mib": round(idle / 1024, 1),
         "peak_rss_mib": round(peak / 1024, 1),
+        "peak_over_idle_mib": round((peak - idle) / 1024, 1),
         "bridge_cpu_s": round(cpu, 2),
         "usercom_users": len(after["users"]),
         "usercom_products": len(after["products"]),
@@ -116,5 +123,12 @@ def run(run_dir: RunDir, databases: Databases, size: dict[str, Any], rate_limit:
         "skipped_unchanged": skipped_first,
         "lower_bound_s": round(lower_bound, 2),
         "vs_lower_bound": round(lower_bound / first["wall_s"], 3) if first["wall_s"] else None,
+        "wall_over_bound": round(first["wall_s"] / lower_bound, 3) if lower_bound else None,
+        "targets": {
+            "wall_over_bound_max": TARGET_WALL_OVER_BOUND,
+            "wall_met": bool(lower_bound) and first["wall_s"] <= TARGET_WALL_OVER_BOUND * lower_bound,
+            "peak_over_idle_mib_max": TARGET_PEAK_OVER_IDLE_MIB,
+            "memory_met": first["peak_over_idle_mib"] <= TARGET_PEAK_OVER_IDLE_MIB,
+        },
         "second_run": second,
     }
