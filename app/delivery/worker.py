@@ -75,6 +75,7 @@ class Worker:
         self._in_flight: dict[int, asyncio.Task[None]] = {}
         self._progress: dict[int, CallProgress] = {}
         self._lost: set[int] = set()  # leases taken over by another worker: never give them back
+        self._settled: set[int] = set()  # settled and committed, the task still winding down
 
     # --- control
     def wake(self) -> None:
@@ -131,6 +132,7 @@ class Worker:
         self._in_flight.pop(delivery_id, None)
         self._progress.pop(delivery_id, None)
         self._lost.discard(delivery_id)
+        self._settled.discard(delivery_id)
         self._wake.set()  # a lane may have opened up
 
     async def _idle(self) -> None:
@@ -175,7 +177,7 @@ class Worker:
         interval = max(0.05, self.lease_seconds / 3)
         while True:
             await asyncio.sleep(interval)
-            held = [d for d in self._in_flight if d not in self._lost]
+            held = [d for d in self._in_flight if d not in self._lost and d not in self._settled]
             if not held:
                 continue
             try:
@@ -184,7 +186,7 @@ class Worker:
             except Exception:  # the database is away: the leases may lapse, fencing keeps us safe
                 log.warning("lease renewal failed", worker_id=self.worker_id, deliveries=len(held))
                 continue
-            for delivery_id in set(held) - kept:
+            for delivery_id in set(held) - kept - self._settled:  # settled meanwhile: no longer leased, rightly
                 task = self._in_flight.get(delivery_id)
                 if task is not None:
                     # Another worker took it over (we were cut off longer than a lease): stop
@@ -264,7 +266,7 @@ class Worker:
 
         # The call went through: recording it must not fail on a database blip, or the lease
         # lapses and the call is made again.
-        await self._settle(done, bound)
+        await self._settle(delivery, done, bound)
         self.observe(delivery.kind, outcome, time.perf_counter() - started)
         bound.debug("delivered", outcome=outcome)
 
@@ -280,7 +282,7 @@ class Worker:
                 if await repository.park_dead(session, delivery.id, self.worker_id, status=error.status, error=str(error)):
                     await self._run_hook(session, delivery, "dead")
 
-            await self._settle(dead, bound)
+            await self._settle(delivery, dead, bound)
             bound.warning("delivery parked as dead", status=error.status, reason=decision.reason,
                           error=str(error)[:300])
         else:
@@ -292,13 +294,14 @@ class Worker:
                     counts_attempt=decision.counts_attempt, status=error.status, error=str(error),
                 )
 
-            await self._settle(retry, bound)
+            await self._settle(delivery, retry, bound)
             bound.info(
                 "delivery will be retried", status=error.status, reason=decision.reason,
                 retry_in=round(decision.delay_seconds, 2),
             )
 
-    async def _settle(self, action: Callable[[AsyncSession], Awaitable[None]], bound: structlog.BoundLogger) -> None:
+    async def _settle(self, delivery: Delivery, action: Callable[[AsyncSession], Awaitable[None]],
+                      bound: structlog.BoundLogger) -> None:
         """Run one settling transaction, again a few times while the database is briefly away
         (a restart, a full connection table), for at most about a third of a lease."""
         waited = 0.0
@@ -307,6 +310,7 @@ class Worker:
             try:
                 async with self.ctx.sessions.begin() as session:
                     await action(session)
+                self._settled.add(delivery.id)  # its lease is gone: the heartbeat must not miss it
                 return
             except Exception as exc:
                 if not store_unavailable(exc) or waited + delay > self.lease_seconds / 3:

@@ -206,6 +206,24 @@ async def test_a_lease_taken_over_elsewhere_stops_the_work_here(sessions, monkey
     assert (state.state, state.leased_by) == ("in_flight", "other")  # not given back: not ours
 
 
+async def test_the_heartbeat_leaves_alone_a_delivery_settled_but_still_winding_down(sessions) -> None:  # type: ignore[no-untyped-def]
+    """Between its settling commit and the end of its task a delivery is no longer leased: the
+    heartbeat must not take that for a lease lost to another worker (and cancel the task)."""
+    (delivery_id,) = await enqueue(sessions, (USER_UPSERT, "user:1"))
+    async with sessions.begin() as s:
+        (claimed,) = await repository.claim(s, worker_id="w-test", limit=1, lease_seconds=30)
+        assert await repository.mark_done(s, claimed.id, "w-test", "sent", 200)
+    worker = make_worker(sessions, lease_seconds=0.15)  # a heartbeat every 0.05 s
+    winding_down = asyncio.create_task(asyncio.sleep(5))
+    worker._in_flight[delivery_id] = winding_down
+    worker._settled.add(delivery_id)  # as _settle marks it after its commit
+    heartbeat = asyncio.create_task(worker._heartbeat())
+    await asyncio.sleep(0.3)
+    heartbeat.cancel()
+    assert not winding_down.cancelled() and delivery_id not in worker._lost
+    winding_down.cancel()
+
+
 async def test_a_throttled_delivery_is_retried_without_using_an_attempt(sessions, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     calls = 0
 
