@@ -55,6 +55,9 @@ class AcceptWriter:
     async def store(self, webhook: AcceptedWebhook) -> int | None:
         """Commit the webhook; its inbound record's id, or None when its id was seen before."""
         future: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        # Its request may be gone by the time it fails: the error is then read here, not reported
+        # by asyncio as never retrieved (the request's own log line covers a request that stays).
+        future.add_done_callback(lambda done: done.cancelled() or done.exception())
         self._waiting.append((webhook, future))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_while_waiting(), name="accept-writer")

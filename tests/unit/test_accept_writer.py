@@ -217,3 +217,18 @@ async def test_one_failing_webhook_fails_alone(sessions) -> None:  # type: ignor
     async with sessions() as session:
         stored = (await session.execute(text("SELECT external_id FROM inbound_events ORDER BY external_id"))).scalars()
         assert list(stored) == ["w-0", "w-1", "w-2", "w-3"]
+
+
+async def test_a_webhook_whose_request_went_away_is_stored_all_the_same(sessions) -> None:  # type: ignore[no-untyped-def]
+    """The client hung up while its webhook waited for its group: the group still stores it,
+    so the sender's retry is answered as a duplicate rather than lost."""
+    writer = AcceptWriter(lambda: sessions)
+    gone = asyncio.create_task(writer.store(user_webhook("w-gone", 1, marketing=True)))
+    await asyncio.sleep(0)  # queued, its group not yet written
+    gone.cancel()
+    stays = await writer.store(user_webhook("w-stays", 2, marketing=True))
+    assert isinstance(stays, int)
+    assert await writer.store(user_webhook("w-gone", 1, marketing=True)) is None  # the retry
+    async with sessions() as session:
+        stored = (await session.execute(text("SELECT external_id FROM inbound_events ORDER BY external_id"))).scalars()
+        assert list(stored) == ["w-gone", "w-stays"]
