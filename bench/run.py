@@ -1,6 +1,6 @@
 """The benchmark command: accept, drain, full sync and translation, side by side, in one run.
 
-    python -m bench                       # default size (about 15 minutes on 2 cores)
+    python -m bench                       # default size (about 25 minutes on 2 cores)
     python -m bench --size tiny           # a quick pass over every part (the smoke test runs this)
     python -m bench --only accept,translate
 
