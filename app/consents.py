@@ -146,10 +146,15 @@ async def superseded(session: AsyncSession, user_id: str, marketing: bool) -> bo
 async def _log(session: AsyncSession, *, user_id: str | None, marketing: bool | None, source: str,
                occurred_at: datetime | None, status: str, detail: str | None) -> int:
     """Add a row to the consent log; returns its id."""
-    return int(await session.scalar(_ADD_LOG, {
+    return int(await session.scalar(_ADD_LOG, _log_row(user_id, marketing, source, occurred_at, status, detail)))
+
+
+def _log_row(user_id: str | None, marketing: bool | None, source: str, occurred_at: datetime | None, status: str,
+             detail: str | None, recorded_at: datetime | None = None) -> dict[str, Any]:
+    return {
         "user_id": user_id, "marketing": marketing, "source": source, "occurred_at": occurred_at,
-        "recorded_at": utcnow(), "status": status, "detail": None if detail is None else detail[:2000],
-    }))
+        "recorded_at": recorded_at or utcnow(), "status": status, "detail": None if detail is None else detail[:2000],
+    }
 
 
 async def history(session: AsyncSession, user_id: str | None, limit: int,
@@ -294,10 +299,8 @@ async def note_caterings_events(session: AsyncSession, events: Sequence[Catering
     with_email: list[dict[str, Any]] = []
     without_email: list[dict[str, Any]] = []
     for user, _at, _what in singles:
-        email = user.email if "email" in user.model_fields_set else None
-        (with_email if email else without_email).append(
-            {"kind": idmap.USER, "custom_id": user.id, "email": email or None, "updated_at": now}
-        )
+        email = _email_of(user)
+        (with_email if email else without_email).append(_note_user_row(user.id, email, now))
     for rows, has_email in ((with_email, True), (without_email, False)):
         rows.sort(key=lambda row: row["custom_id"])  # one order for every process's groups
         if rows:
@@ -316,11 +319,8 @@ async def note_caterings_events(session: AsyncSession, events: Sequence[Catering
             for user_id, marketing, at, _what in first
         ])
         inserted = set(result.scalars().all())
-        logs = [
-            {"user_id": user_id, "marketing": marketing, "source": CATERINGS, "occurred_at": at, "recorded_at": now,
-             "status": RECORDED, "detail": what[:2000]}
-            for user_id, marketing, at, what in first if user_id in inserted
-        ]
+        logs = [_log_row(user_id, marketing, CATERINGS, at, RECORDED, what, now)
+                for user_id, marketing, at, what in first if user_id in inserted]
         if logs:
             await session.execute(_ADD_LOGS, logs)
     for user_id, marketing, at, what in carried:
@@ -341,6 +341,11 @@ def _user_named_by(event: CateringsEvent | None) -> str | None:
     return None
 
 
+def _email_of(user: User) -> str | None:
+    """The e-mail the webhook carried, if it carried one."""
+    return user.email if "email" in user.model_fields_set else None
+
+
 def _marketing_of(user: User) -> bool | None:
     agreements = user.agreements if "agreements" in user.model_fields_set else None
     if agreements is None or "marketing" not in agreements.model_fields_set or agreements.marketing is None:
@@ -355,7 +360,7 @@ async def note_caterings_user(session: AsyncSession, user: User, occurred_at: da
     Usable by anything that reads users from Caterings in a transaction of its own (webhooks,
     a full sync).
     """
-    await note_user(session, user.id, user.email if "email" in user.model_fields_set else None)
+    await note_user(session, user.id, _email_of(user))
     marketing = _marketing_of(user)
     if marketing is None:
         return None
@@ -368,8 +373,12 @@ async def note_user(session: AsyncSession, user_id: str, email: str | None) -> N
 
     Only the e-mail is touched: the User.com id and the hash of what was sent stay as they are.
     """
-    values = {"kind": idmap.USER, "custom_id": user_id, "email": email or None, "updated_at": utcnow()}
-    await session.execute(_note_user_statement(dialect_of(session), with_email=bool(email)), values)
+    await session.execute(_note_user_statement(dialect_of(session), with_email=bool(email)),
+                          _note_user_row(user_id, email, utcnow()))
+
+
+def _note_user_row(user_id: str, email: str | None, now: datetime) -> dict[str, Any]:
+    return {"kind": idmap.USER, "custom_id": user_id, "email": email or None, "updated_at": now}
 
 
 @functools.cache

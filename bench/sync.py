@@ -122,7 +122,6 @@ def run(run_dir: RunDir, databases: Databases, size: dict[str, Any], rate_limit:
         "outcomes": outcomes_first["outcomes"],
         "skipped_unchanged": skipped_first,
         "lower_bound_s": round(lower_bound, 2),
-        "vs_lower_bound": round(lower_bound / first["wall_s"], 3) if first["wall_s"] else None,
         "wall_over_bound": round(first["wall_s"] / lower_bound, 3) if lower_bound else None,
         "targets": {
             "wall_over_bound_max": TARGET_WALL_OVER_BOUND,

@@ -48,7 +48,7 @@ async def claim_facts(session: AsyncSession, keys: Sequence[str]) -> set[str]:
     # One statement with a list of parameters: SQLAlchemy compiles it once (cached) and sends the
     # rows as one multi-row INSERT ("insertmanyvalues"); .values([...]) would compile every time.
     now = utcnow()
-    result = await session.execute(_claim_facts_statement(_dialect(session)),
+    result = await session.execute(_claim_facts_statement(dialect_of(session)),
                                    [{"key": key, "created_at": now} for key in wanted])
     return set(result.scalars().all())
 
@@ -103,7 +103,7 @@ async def enqueue_groups(
                 "payload": item.payload, "state": "pending", "attempts": 0, "throttled": 0,
                 "created_at": now, "next_attempt_at": now, "updated_at": now,
             })
-    if _dialect(session) == "sqlite":
+    if dialect_of(session) == "sqlite":
         return await _insert_on_sqlite(session, rows)
     added = [Delivery(**row) for row in rows]
     session.add_all(added)  # one INSERT for all of them on PostgreSQL (insertmanyvalues)
@@ -129,8 +129,6 @@ async def _insert_on_sqlite(session: AsyncSession, rows: list[dict[str, Any]]) -
 # On the table, not the ORM entity: the ORM's bulk-insert path cost more CPU than the insert.
 _INSERT_DELIVERIES_ON_SQLITE = sqlite_insert(Delivery.__table__).returning(Delivery.__table__.c.id)
 
-_dialect = dialect_of
-
 
 # Lanes are locked by a 64-bit hash of their name; a collision only makes two lanes wait on each
 # other while they enqueue. Sorted, so two transactions take them in the same order.
@@ -142,7 +140,7 @@ _LOCK_LANES = text(
 
 async def lock_lanes(session: AsyncSession, lanes: set[str]) -> None:
     """PostgreSQL: lock the lanes until the transaction ends (SQLite has one writer at a time)."""
-    if lanes and _dialect(session) == "postgresql":
+    if lanes and dialect_of(session) == "postgresql":
         await session.execute(_LOCK_LANES, {"lanes": sorted(lanes)})
 
 
@@ -214,7 +212,7 @@ async def claim(
     now = now or utcnow()
     if targets is not None and not targets:
         return []
-    on_postgresql = _dialect(session) == "postgresql"
+    on_postgresql = dialect_of(session) == "postgresql"
     d = Delivery if on_postgresql else _OPEN_ON_SQLITE
     states = OPEN_STATES if on_postgresql else _OPEN_STATES_SQL
     candidates = select(d.id).where(_claimable(now, target, targets, d, states)).order_by(d.id).limit(limit)
@@ -237,7 +235,7 @@ async def claim(
     return sorted(rows, key=lambda d: d.id)
 
 
-def _owned(delivery_id: int, worker_id: str) -> Any:
+def _owned(delivery_id: Any, worker_id: Any) -> Any:
     # Fencing: only the worker that holds the lease may settle a delivery.
     return (Delivery.id == delivery_id) & (Delivery.leased_by == worker_id) & (Delivery.state == "in_flight")
 
@@ -250,14 +248,11 @@ async def mark_done(session: AsyncSession, delivery_id: int, worker_id: str, out
     return bool(result.rowcount)
 
 
-# Every delivery ends here: built once, on the table (app/db.py says why). Fenced as ``_owned``.
+# Every delivery ends here: built once, on the table (app/db.py says why), fenced by ``_owned``.
 _DELIVERIES = Delivery.__table__
 _MARK_DONE = (
     update(_DELIVERIES)
-    .where(
-        (_DELIVERIES.c.id == bindparam("delivery_id")) & (_DELIVERIES.c.leased_by == bindparam("worker_id"))
-        & (_DELIVERIES.c.state == "in_flight")
-    )
+    .where(_owned(bindparam("delivery_id"), bindparam("worker_id")))
     .values(
         state="done", outcome=bindparam("outcome"), done_at=bindparam("now"), updated_at=bindparam("now"),
         lease_until=None, last_status=bindparam("status"), attempts=_DELIVERIES.c.attempts + 1,
